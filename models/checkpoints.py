@@ -1,0 +1,78 @@
+"""Strict loading of state_dicts from this repository, torchvision and the SN authors' releases."""
+import re
+
+import torch
+
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state_dict):
+    """Drop DataParallel/DDP `module.` and torch.compile `_orig_mod.` prefixes, however nested."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def load_strict(model, state_dict, source="checkpoint"):
+    """Load with strict=True, first raising a one-line error naming the first mismatched key."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing key '{missing[0]}' ({len(missing)} missing)")
+        if unexpected:
+            parts.append(f"unexpected key '{unexpected[0]}' ({len(unexpected)} unexpected)")
+        raise KeyError(f"{source} does not match the model: {', '.join(parts)}; "
+                       "check the architecture (depth, variant, norm) it was trained with")
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{source} does not match the model: '{key}' has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+_RELEASED_NORM = re.compile(r"(^|\.)sn(\d+|_out)\.")
+_NORM_MODULE = re.compile(r"(^|\.)(bn\d+|bn_out|downsample\.1)$")
+
+
+def convert_released_sn(state_dict):
+    """Convert a state_dict of the SN authors' released ResNet v1/v2 models to this repository's keys.
+
+    Their keys carry `module.`, name norms sn1/sn2/sn3 (stem and blocks) and sn_out (v2), store
+    gamma/beta as (1, C, 1, 1) and running stats as (1, C, 1). Values are copied unchanged.
+    """
+    out = {}
+    for key, value in strip_prefixes(state_dict).items():
+        key = _RELEASED_NORM.sub(lambda m: f"{m.group(1)}bn{m.group(2)}.", key)
+        module, leaf = key.rsplit(".", 1)
+        if _NORM_MODULE.search(module) and leaf in ("weight", "bias", "running_mean", "running_var"):
+            value = value.reshape(-1)
+        out[key] = value
+    return out
+
+
+def released_sn_options(state_dict):
+    """Norm options implied by a released SN checkpoint: using_bn=False when it has 2 logits."""
+    for key, value in state_dict.items():
+        if key.endswith("mean_weight"):
+            return {"using_bn": value.numel() == 3}
+    raise KeyError("no 'mean_weight' key: this is not a Switchable Normalization checkpoint")
+
+
+def read_released_sn(path):
+    """Load the authors' `torch.save` file ({'state_dict': ...}) safely and convert it."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a dict with a 'state_dict' entry (the SN authors' format)")
+    return convert_released_sn(state)

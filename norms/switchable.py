@@ -1,0 +1,126 @@
+"""Switchable Normalization (Luo et al., arXiv:1806.10779) with the released code's numerics."""
+import torch
+import torch.nn as nn
+
+from .common import affine, check_4d, check_groups, stats_dtype
+from .distributed import active_group, merge_moments
+from .running import RunningStatsMixin
+
+
+class SwitchNorm2d(RunningStatsMixin, nn.Module):
+    """Mixes instance, layer and batch statistics with learned softmax weights, ordered [IN, LN, BN].
+
+    Numerics follow the authors' released SwitchNorm2d so their checkpoints reproduce:
+    - IN: per-(n, c) mean and *unbiased* variance over H*W. When H*W == 1 the unbiased variance
+      is undefined (the released code returns NaN); here it is defined as 0, its biased value.
+    - LN, BN: mean of the IN means over c (LN) or n (BN); variance mean(var_in + mean_in^2) - mean^2,
+      evaluated in the algebraically identical, cancellation-free form mean(var_in) + var(mean_in).
+    - y = weight * (x - mean) / sqrt(var + eps) + bias, statistics in float32 or wider.
+    - Eval mode replaces only the BN branch by the running buffers; IN and LN still come from
+      the sample.
+    - momentum is PyTorch's convention (weight of the new batch statistic): the released code's
+      0.997 is 0.003 here. Buffers start at mean 0 / var 1 as in nn.BatchNorm2d (the released
+      code started both at 0; this only matters before the EMA has warmed up).
+    - using_moving_average=False: the buffers are not updated during training; run
+      `norms.recalibrate` afterwards (the released "batch average" mode).
+    - using_bn=False: IN and LN only (2 logits, no buffers), for one sample per GPU.
+    - stat_groups=k: the BN branch uses per-chunk statistics of k equal consecutive chunks of the
+      batch (k emulated GPUs); the EMA moves towards the average of the chunks' statistics.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.003, using_moving_average=True,
+                 using_bn=True, last_gamma=False, stat_groups=1):
+        super().__init__()
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1] (PyTorch convention), got {momentum}")
+        if stat_groups < 1:
+            raise ValueError(f"stat_groups must be >= 1, got {stat_groups}")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.using_moving_average = using_moving_average
+        self.using_bn = using_bn
+        self.last_gamma = last_gamma
+        self.stat_groups = stat_groups
+        branches = 3 if using_bn else 2
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.mean_weight = nn.Parameter(torch.ones(branches))
+        self.var_weight = nn.Parameter(torch.ones(branches))
+        if using_bn:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        if self.using_bn:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+        nn.init.constant_(self.weight, 0.0 if self.last_gamma else 1.0)
+        nn.init.zeros_(self.bias)
+        nn.init.ones_(self.mean_weight)
+        nn.init.ones_(self.var_weight)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}, "
+                f"stat_groups={self.stat_groups}")
+
+    def forward(self, x):
+        check_4d(x, type(self).__name__)
+        n, c, h, w = x.shape
+        correction = 1 if h * w > 1 else 0
+        var_in, mean_in = torch.var_mean(x.to(stats_dtype(x)), dim=(2, 3), correction=correction)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).pow(2).mean(1, keepdim=True)
+        mw = torch.softmax(self.mean_weight, 0)
+        vw = torch.softmax(self.var_weight, 0)
+        mean = mw[0] * mean_in + mw[1] * mean_ln
+        var = vw[0] * var_in + vw[1] * var_ln
+        if self.using_bn:
+            mean_bn, var_bn = self._bn_branch(mean_in, var_in)
+            mean = mean + mw[2] * mean_bn
+            var = var + vw[2] * var_bn
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return affine(x, scale, self.bias - mean * scale)
+
+    def _bn_branch(self, mean_in, var_in):
+        """BN-branch mean and variance, broadcastable to (N, C)."""
+        if not self.training:
+            return self.running_mean, self.running_var
+        n, c = mean_in.shape
+        k = self.stat_groups
+        check_groups(n, k, type(self).__name__)
+        mean_in, var_in = mean_in.view(k, n // k, c), var_in.view(k, n // k, c)
+        mean_bn = mean_in.mean(1)
+        var_bn = var_in.mean(1) + (mean_in - mean_bn[:, None]).pow(2).mean(1)
+        self._record(mean_bn, var_bn, n // k)
+        return mean_bn.repeat_interleave(n // k, 0), var_bn.repeat_interleave(n // k, 0)
+
+    def _record(self, mean_bn, var_bn, count):
+        if self.using_moving_average or self._population is not None:
+            self._update_running(mean_bn.detach(), var_bn.detach(), count)
+
+
+class SyncSwitchNorm2d(SwitchNorm2d):
+    """SwitchNorm2d whose BN branch uses statistics of the global batch, all-reduced across ranks.
+
+    IN and LN stay per sample. Ranks may hold different batch sizes; gradients flow through the
+    all-reduce. With no multi-process group it equals SwitchNorm2d with stat_groups=1.
+    Statistics are global, so `stat_groups` (one process emulating several GPUs) does not
+    change them and is ignored.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.003, using_moving_average=True,
+                 using_bn=True, last_gamma=False, stat_groups=1, process_group=None):
+        super().__init__(num_features, eps, momentum, using_moving_average, using_bn, last_gamma, 1)
+        self.process_group = process_group
+
+    def _bn_branch(self, mean_in, var_in):
+        if not self.training or active_group(self.process_group) is None:
+            return super()._bn_branch(mean_in, var_in)
+        mean_r = mean_in.mean(0)
+        var_r = var_in.mean(0) + (mean_in - mean_r).pow(2).mean(0)
+        mean_bn, var_bn, total = merge_moments(mean_in.shape[0], mean_r, var_r, self.process_group)
+        self._record(mean_bn[None], var_bn[None], total)
+        return mean_bn, var_bn

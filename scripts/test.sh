@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up the environment and run the whole test suite: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh pytest
+exec .venv/bin/python -m pytest "$@"
