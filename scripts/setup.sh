@@ -6,6 +6,11 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  -r requirements.txt -c constraints.txt "$@"
+log="$VENV/pip-install.log"
+if ! "$VENV/bin/python" -m pip install --disable-pip-version-check \
+    -r requirements.txt -c constraints.txt "$@" >"$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "setup: pip install failed; full log in $log" >&2
+  exit 1
+fi
 "$VENV/bin/python" -c "import torch, torchvision; print(f'setup: torch {torch.__version__}, torchvision {torchvision.__version__} in $VENV')"
