@@ -40,13 +40,16 @@ def merge_moments(count, mean, var, group=None):
     """Combine per-rank (count, mean (C,), biased var (C,)) into global (mean, var, total count as a tensor).
 
     Uses Chan's parallel formula on gathered per-rank moments rather than summed raw second
-    moments, so there is no E[x^2]-E[x]^2 cancellation; ranks may hold different counts.
+    moments, so there is no E[x^2]-E[x]^2 cancellation; ranks may hold different counts,
+    including none.
     Without an active multi-process group it returns its input unchanged.
     """
     active = active_group(group)
     if active is None:
         return mean, var, count
     group, world, rank = active
+    if count == 0:  # an empty local batch has NaN moments; it must contribute nothing
+        mean, var = torch.nan_to_num(mean, nan=0.0), torch.nan_to_num(var, nan=0.0)
     n = torch.full((1,), float(count), dtype=mean.dtype, device=mean.device)
     table = all_gather_rows(torch.cat([n, mean, var]), group, world, rank)
     counts, means, vars_ = table[:, :1], table[:, 1:1 + mean.numel()], table[:, 1 + mean.numel():]
