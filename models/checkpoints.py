@@ -54,7 +54,7 @@ def convert_released_sn(state_dict):
     out = {}
     for key, value in strip_prefixes(state_dict).items():
         key = _RELEASED_NORM.sub(lambda m: f"{m.group(1)}bn{m.group(2)}.", key)
-        module, leaf = key.rsplit(".", 1)
+        module, _, leaf = key.rpartition(".")
         if _NORM_MODULE.search(module) and leaf in ("weight", "bias", "running_mean", "running_var"):
             value = value.reshape(-1)
         out[key] = value
@@ -71,8 +71,13 @@ def released_sn_options(state_dict):
 
 def read_released_sn(path):
     """Load the authors' `torch.save` file ({'state_dict': ...}) safely and convert it."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # unpickling errors, truncated zip archives, objects weights_only refuses
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict with a 'state_dict' entry (the SN authors' format)")
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: expected a dict with a 'state_dict' entry of tensors (the SN authors' format)")
     return convert_released_sn(state)
