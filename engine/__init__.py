@@ -1,0 +1,1 @@
+"""Training engine: distributed set-up, the (#GPUs, samples-per-GPU) setting, schedules, checkpoints, the trainer."""

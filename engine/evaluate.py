@@ -1,0 +1,45 @@
+"""Exact distributed evaluation: every image counted once, counts summed over ranks."""
+import torch
+import torch.nn.functional as F
+
+from .distributed import all_reduce_sum
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, channels_last=False, autocast=None, keep_logits=False):
+    """Return {"images", "top1", "top5", "loss", "unreadable"} (+ "logits", "targets", "indices").
+
+    Unreadable images (a substituted sample, `bad >= 0`) are excluded and counted separately.
+    Sums are all-reduced, so every rank returns the same totals whatever the world size.
+    """
+    model.eval()
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # images, correct1, correct5, loss, unreadable
+    kept = {"logits": [], "targets": [], "indices": []}
+    order = torch.as_tensor(list(loader.sampler)) if keep_logits else None  # dataset index of each position
+    offset = 0
+    for images, targets, bad in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+            logits = model(images).float()
+        ok = (bad.to(device) < 0)
+        top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+        hit = top5 == targets[:, None]
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        sums += torch.stack([ok.sum(), (hit[:, 0] & ok).sum(), (hit.any(1) & ok).sum(),
+                             losses[ok].sum(), (~ok).sum()]).double()
+        if keep_logits:
+            kept["logits"].append(logits[ok].cpu())
+            kept["targets"].append(targets[ok].cpu())
+            kept["indices"].append(order[offset:offset + len(targets)][ok.cpu()])
+        offset += len(targets)
+    all_reduce_sum(sums)
+    n = max(sums[0].item(), 1.0)
+    out = {"images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
+           "loss": sums[3].item() / n, "unreadable": int(sums[4].item()),
+           "correct1": int(sums[1].item()), "correct5": int(sums[2].item())}
+    if keep_logits:
+        out.update({k: torch.cat(v) if v else torch.empty(0) for k, v in kept.items()})
+    return out

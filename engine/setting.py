@@ -1,0 +1,33 @@
+"""Map the paper's (#GPUs g, samples-per-GPU b) setting onto the processes actually launched."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    gpus: int              # g: GPUs of the setting
+    samples_per_gpu: int   # b: the statistics batch
+    world: int             # w: processes launched
+    per_process: int       # samples each process holds per step: g/w * b
+    stat_groups: int       # g/w: virtual GPUs per process
+    lr: float              # base lr per 256 images scaled by g*b/256
+
+    @property
+    def total(self):
+        return self.gpus * self.samples_per_gpu
+
+    def describe(self):
+        emulation = (f", each process emulates {self.stat_groups} GPUs (stat_groups={self.stat_groups})"
+                     if self.stat_groups > 1 else "")
+        return (f"setting ({self.gpus}, {self.samples_per_gpu}) on {self.world} process(es): total batch "
+                f"{self.total}, {self.per_process} samples per process, statistics over {self.samples_per_gpu} "
+                f"samples{emulation}, lr {self.lr:g}")
+
+
+def resolve_setting(batch_cfg, base_lr, world):
+    """w == g: plain DDP; w divides g: g/w virtual GPUs per process; anything else is an error."""
+    g, b = batch_cfg.gpus, batch_cfg.samples_per_gpu
+    if g % world:
+        raise ValueError(f"the setting ({g}, {b}) needs {g} GPUs or a divisor of {g} processes, got {world}; "
+                         f"launch torchrun with --nproc_per_node*--nnodes dividing {g}")
+    k = g // world
+    return Setting(g, b, world, k * b, k, base_lr * g * b / 256)

@@ -1,0 +1,275 @@
+"""The trainer: one class whose methods are the steps of training, driven by a validated Config."""
+import contextlib
+import dataclasses
+import os
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+import norms
+from configs import to_dict
+from data import build_eval_loader, build_train_loader
+from models import build_model
+
+from . import checkpoint as ckpt
+from .distributed import all_gather_objects, all_reduce_sum, barrier
+from .evaluate import evaluate
+from .logger import RunLogger
+from .optim import build_optimizer
+from .schedule import lr_at
+from .setting import resolve_setting
+from .state import capture_rng, restore_rng, seed_everything
+
+
+class Trainer:
+    """Builds everything from `cfg` and the distributed environment `env`, then `fit()` trains."""
+
+    def __init__(self, cfg, env, run_dir):
+        self.cfg, self.env, self.run_dir = cfg, env, run_dir
+        self.log = RunLogger(run_dir, env.is_main, cfg.log.tensorboard)
+        self.setting = resolve_setting(cfg.batch, cfg.optim.lr, env.world)
+        self.log.info(self.setting.describe())
+        self._set_determinism()
+        seed_everything(cfg.train.seed + env.rank)
+        self.model = self._build_model()
+        self.net = self.model
+        if env.active:
+            # buffers stay per rank (per-GPU statistics); norms.average_running_stats syncs them
+            self.net = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
+                                               else None, broadcast_buffers=False)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.setting.lr)
+        self.scaler = torch.amp.GradScaler(env.device.type) if cfg.train.precision == "fp16" else None
+        self.train_loader = build_train_loader(cfg.data, self.setting.per_process, env.rank, env.world,
+                                               cfg.train.seed, num_classes=cfg.model.num_classes)
+        self.val_loader = build_eval_loader(cfg.data, self.setting.per_process, env.rank, env.world)
+        self.steps_per_epoch = self.train_loader.sampler.batches_per_epoch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set is smaller than one global batch of {self.setting.total}")
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best_top1 = -1.0
+        self.bad_images = 0
+        if env.is_main:
+            with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        self._resume()
+
+    # ----- set-up -------------------------------------------------------------------------------
+    def _set_determinism(self):
+        deterministic = self.cfg.train.deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    def _build_model(self):
+        options = dataclasses.asdict(self.cfg.norm)
+        if self.setting.samples_per_gpu == 1 and options["type"] in ("sn", "syncsn") and options["using_bn"]:
+            options["using_bn"] = False
+            self.log.info("one sample per GPU: SN drops its BN branch (using_bn=False), as the paper did")
+        norm = norms.build_norm(**options, stat_groups=self.setting.stat_groups)
+        model = build_model(self.cfg.model, norm).to(self.env.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _autocast(self):
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.env.device.type, dtype=dtype)
+
+    # ----- checkpoints --------------------------------------------------------------------------
+    def _state(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None,
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "best_top1": self.best_top1, "bad_images": self.bad_images, "world": self.env.world,
+                "rng": all_gather_objects(capture_rng()), "config": to_dict(self.cfg)}
+
+    def save(self, best=False):
+        """All ranks: sync running stats, gather RNG states; rank 0 writes the checkpoint atomically."""
+        norms.average_running_stats(self.model)
+        state = self._state()
+        if self.env.is_main:
+            path = ckpt.save_periodic(state, self.run_dir, self.global_step, self.cfg.checkpoint.keep_last)
+            if best:
+                ckpt.atomic_save(state, os.path.join(self.run_dir, "best.pt"))
+            self.log.info(f"saved {path}{' (best)' if best else ''}")
+        barrier()
+
+    def _resume(self):
+        target = self.cfg.checkpoint.resume
+        if target == "none":
+            return
+        if target == "auto":
+            path, state = ckpt.load_newest(self.run_dir, self.log.info)
+            if state is None:
+                return
+        else:
+            path, state = target, ckpt.load(target)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
+        self.bad_images = state.get("bad_images", 0)
+        if state["world"] == self.env.world:
+            restore_rng(state["rng"][self.env.rank])
+        else:
+            self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG streams restart")
+        self.log.info(f"resumed from {path}: epoch {self.epoch}, iteration {self.global_step}")
+
+    # ----- training -----------------------------------------------------------------------------
+    def fit(self):
+        """Train until train.epochs (or train.max_iters), evaluating and checkpointing on schedule."""
+        cfg = self.cfg
+        metrics = None
+        while self.epoch < cfg.train.epochs:
+            if not self.train_epoch():
+                self.save()
+                self.log.info(f"stopped at iteration {self.global_step} (train.max_iters)")
+                self.log.close()
+                return None
+            last = self.epoch == cfg.train.epochs
+            metrics = self.validate() if last or self.epoch % cfg.train.eval_every == 0 else None
+            best = metrics is not None and metrics["top1"] > self.best_top1
+            if best:
+                self.best_top1 = metrics["top1"]
+            if best or last or (cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0):
+                self.save(best=best)
+        if metrics is None:  # resumed after the last epoch had finished
+            metrics = self.validate()
+        if self.env.is_main:
+            summary = {k: v for k, v in metrics.items() if not torch.is_tensor(v)}
+            ckpt.atomic_json({**summary, "epochs": self.epoch, "iterations": self.global_step,
+                              "best_top1": self.best_top1, "setting": dataclasses.asdict(self.setting)},
+                             os.path.join(self.run_dir, "final.json"))
+        self.log.close()
+        return metrics
+
+    def train_epoch(self):
+        """Run the rest of the current epoch; False when train.max_iters stopped it early."""
+        sampler = self.train_loader.sampler
+        sampler.set_epoch(self.epoch, self.step_in_epoch)
+        self.model.train()
+        meter = {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+        epoch_start = time.perf_counter()
+        tick = time.perf_counter()
+        for images, targets, bad in self._progress(self.train_loader):
+            meter["wait"] += time.perf_counter() - tick
+            lr = lr_at(self.epoch + self.step_in_epoch / self.steps_per_epoch, self.setting.lr,
+                       self.cfg.schedule, self.cfg.train.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, correct = self.train_step(images, targets, bad)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            meter["loss"] += loss
+            meter["correct"] += correct
+            meter["seen"] += len(targets)
+            meter["steps"] += 1
+            if self.global_step % self.cfg.log.print_every == 0:
+                self._log_train(meter, lr)
+            max_iters = self.cfg.train.max_iters
+            if max_iters and self.global_step >= max_iters:
+                return False
+            every = self.cfg.checkpoint.every_iters
+            if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
+            tick = time.perf_counter()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.log.scalars(self.global_step, {"epoch_time_s": time.perf_counter() - epoch_start,
+                                            "memory_mb": self._memory_mb()}, "epoch")
+        self.log.scalars(self.global_step, {f"{layer}/{k}": v for layer, w in norms.switch_weights(self.model).items()
+                                            for k, v in w.items()}, "sn")
+        return True
+
+    def train_step(self, images, targets, bad):
+        """Forward, backward, finiteness check across ranks, optimizer step. Returns (loss, #correct)."""
+        device = self.env.device
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.net(images)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.cfg.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        # fp16 overflow is the scaler's business (it skips the step); anything else non-finite stops the run
+        grad_ok = bool(self.scaler) or torch.isfinite(grad_norm)
+        flags = torch.stack([(~(torch.isfinite(loss.detach()) & grad_ok)).double(),
+                             (bad >= 0).sum().double().to(device)])
+        all_reduce_sum(flags)
+        self._check_bad_images(bad, int(flags[1].item()))
+        if flags[0].item() > 0:
+            raise FloatingPointError(
+                f"non-finite loss or gradient at iteration {self.global_step + 1} (epoch {self.epoch}, "
+                f"step {self.step_in_epoch + 1}); weights not updated, the last checkpoint in {self.run_dir} "
+                "is intact: lower optim.lr, add warmup or use bf16 instead of fp16")
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        correct = (logits.detach().argmax(1) == targets).sum().item()
+        return loss.item(), correct
+
+    def _check_bad_images(self, bad, total_new):
+        if total_new == 0:
+            return
+        dataset = self.train_loader.dataset
+        for index in bad[bad >= 0].tolist():
+            print(f"warning (rank {self.env.rank}): unreadable image {dataset.samples[index][0]} "
+                  "replaced by the next readable one", flush=True)
+        self.bad_images += total_new
+        if self.bad_images > self.cfg.data.max_bad_images:
+            raise RuntimeError(f"{self.bad_images} unreadable training images exceed data.max_bad_images="
+                               f"{self.cfg.data.max_bad_images}; check the dataset or raise the limit")
+
+    def validate(self):
+        metrics = evaluate(self.net, self.val_loader, self.env.device, self.cfg.train.channels_last, self._autocast)
+        self.model.train()
+        self.log.scalars(self.global_step, {k: metrics[k] for k in ("top1", "top5", "loss", "images")}, "val")
+        self.log.info(f"epoch {self.epoch} val: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
+                      f"loss {metrics['loss']:.4f} on {metrics['images']} images"
+                      + (f" ({metrics['unreadable']} unreadable skipped)" if metrics["unreadable"] else ""))
+        return metrics
+
+    # ----- logging ------------------------------------------------------------------------------
+    def _log_train(self, meter, lr):
+        elapsed = time.perf_counter() - meter["start"]
+        values = {"loss": meter["loss"] / max(meter["steps"], 1), "top1": 100.0 * meter["correct"] / max(meter["seen"], 1),
+                  "lr": lr, "images_per_s": meter["seen"] * self.env.world / max(elapsed, 1e-9),
+                  "data_wait_fraction": meter["wait"] / max(elapsed, 1e-9), "epoch": self.epoch}
+        self.log.scalars(self.global_step, values, "train")
+        self.log.info(f"epoch {self.epoch} iter {self.global_step} ({self.step_in_epoch}/{self.steps_per_epoch}) "
+                      f"loss {values['loss']:.4f} top1 {values['top1']:.1f} lr {lr:.4g} "
+                      f"{values['images_per_s']:.0f} img/s data-wait {100 * values['data_wait_fraction']:.0f}%")
+        meter.update(loss=0.0, correct=0, seen=0, steps=0, wait=0.0, start=time.perf_counter())
+
+    def _progress(self, loader):
+        if not (self.env.is_main and RunLogger.is_tty()):
+            return loader
+        from tqdm import tqdm
+        return tqdm(loader, total=self.steps_per_epoch - self.step_in_epoch, desc=f"epoch {self.epoch}", leave=False)
+
+    def _memory_mb(self):
+        if self.env.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.env.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
