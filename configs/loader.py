@@ -14,8 +14,9 @@ class ConfigError(ValueError):
 
 
 def load_config(path, overrides=()):
-    """Read `path` (following `base:` chains), apply `key.sub=value` overrides, validate, return a Config."""
-    raw = _read_with_bases(os.path.abspath(path), ())
+    """Read `path` (following `base:` chains; None: the schema defaults), apply `key.sub=value` overrides,
+    validate, return a Config."""
+    raw = _read_with_bases(os.path.abspath(path), ()) if path is not None else {}
     for item in overrides:
         _apply_override(raw, item)
     return from_dict(Config, raw)

@@ -19,6 +19,7 @@ class ModelConfig:
     dropout: float = spec(0.0, ge=0, lt=1)     # before fc; the SN authors used 0.5
     zero_init_last: bool = False               # every residual branch starts as zero
     small_stem: bool = False                   # 3x3/1 stem without max-pool, for 28-64 px images
+    width: int = spec(64, gt=0)                # channels of the stem and first stage (torchvision: 64)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     train_crop: int = spec(224, gt=0)          # RandomResizedCrop size
+    min_crop_scale: float = spec(0.08, gt=0, le=1)  # RandomResizedCrop's lower area bound
     val_resize: int = spec(256, gt=0)          # shorter side before the center crop
     val_crop: int = spec(224, gt=0)
     workers: int = spec(8, ge=0)
@@ -87,6 +89,7 @@ class TrainConfig:
     deterministic: bool = False
     label_smoothing: float = spec(0.0, ge=0, lt=1)
     eval_every: int = spec(1, gt=0)            # epochs
+    max_iters: int = spec(0, ge=0)             # stop (after a checkpoint) at this global iteration; 0: off
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The trainer: one class whose methods are the steps of training, driven by a validated Config."""
 import contextlib
+import inspect
 import dataclasses
 import os
 import resource
@@ -38,9 +39,8 @@ class Trainer:
         self.model = self._build_model()
         self.net = self.model
         if env.active:
-            # buffers stay per rank (per-GPU statistics); norms.average_running_stats syncs them
             self.net = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
-                                               else None, broadcast_buffers=False)
+                                               else None, **_rank_local_buffers())
         if cfg.train.compile:
             self.net = torch.compile(self.net)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.setting.lr)
@@ -96,6 +96,10 @@ class Trainer:
     def save(self, best=False):
         """All ranks: sync running stats, gather RNG states; rank 0 writes the checkpoint atomically."""
         norms.average_running_stats(self.model)
+        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            raise FloatingPointError(f"refusing to checkpoint non-finite weights ('{bad[0]}') at iteration "
+                                     f"{self.global_step}; the last checkpoint in {self.run_dir} is intact")
         state = self._state()
         if self.env.is_main:
             path = ckpt.save_periodic(state, self.run_dir, self.global_step, self.cfg.checkpoint.keep_last)
@@ -134,10 +138,7 @@ class Trainer:
         metrics = None
         while self.epoch < cfg.train.epochs:
             if not self.train_epoch():
-                self.save()
-                self.log.info(f"stopped at iteration {self.global_step} (train.max_iters)")
-                self.log.close()
-                return None
+                return self._stop_early()
             last = self.epoch == cfg.train.epochs
             metrics = self.validate() if last or self.epoch % cfg.train.eval_every == 0 else None
             best = metrics is not None and metrics["top1"] > self.best_top1
@@ -145,6 +146,8 @@ class Trainer:
                 self.best_top1 = metrics["top1"]
             if best or last or (cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0):
                 self.save(best=best)
+            if self._max_iters_reached() and not last:
+                return self._stop_early()
         if metrics is None:  # resumed after the last epoch had finished
             metrics = self.validate()
         if self.env.is_main:
@@ -154,6 +157,15 @@ class Trainer:
                              os.path.join(self.run_dir, "final.json"))
         self.log.close()
         return metrics
+
+    def _max_iters_reached(self):
+        return bool(self.cfg.train.max_iters) and self.global_step >= self.cfg.train.max_iters
+
+    def _stop_early(self):
+        self.save()
+        self.log.info(f"stopped at iteration {self.global_step} (train.max_iters); rerun to continue")
+        self.log.close()
+        return None
 
     def train_epoch(self):
         """Run the rest of the current epoch; False when train.max_iters stopped it early."""
@@ -178,8 +190,7 @@ class Trainer:
             meter["steps"] += 1
             if self.global_step % self.cfg.log.print_every == 0:
                 self._log_train(meter, lr)
-            max_iters = self.cfg.train.max_iters
-            if max_iters and self.global_step >= max_iters:
+            if self._max_iters_reached() and self.step_in_epoch < self.steps_per_epoch:
                 return False
             every = self.cfg.checkpoint.every_iters
             if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
@@ -273,3 +284,13 @@ class Trainer:
             return torch.cuda.max_memory_allocated(self.env.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+
+def _rank_local_buffers():
+    """DDP option keeping running statistics per rank (per-GPU semantics); norms.average_running_stats syncs them.
+
+    torch >= 2.14 renamed broadcast_buffers=False to forward_sync_buffers=False (which still syncs once
+    at start-up, as wanted: every rank starts from rank 0's buffers).
+    """
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}

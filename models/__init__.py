@@ -1,5 +1,6 @@
 """Model zoo entry point: `build_model(model_cfg, norm)` builds an architecture from its config."""
-from .checkpoints import convert_released_sn, load_strict, read_released_sn, released_sn_options, strip_prefixes
+from .checkpoints import (convert_released_sn, load_strict, read_checkpoint, read_released_sn, released_sn_options,
+                          strip_prefixes)
 from .resnet import ResNet
 
 ARCHS = {"resnet": ResNet}
@@ -10,8 +11,9 @@ def build_model(cfg, norm):
     if cfg.arch not in ARCHS:
         raise ValueError(f"unknown model.arch '{cfg.arch}'; choose one of {sorted(ARCHS)}")
     return ARCHS[cfg.arch](depth=cfg.depth, variant=cfg.variant, num_classes=cfg.num_classes, norm=norm,
-                           dropout=cfg.dropout, zero_init_last=cfg.zero_init_last, small_stem=cfg.small_stem)
+                           dropout=cfg.dropout, zero_init_last=cfg.zero_init_last, small_stem=cfg.small_stem,
+                           width=cfg.width)
 
 
-__all__ = ["ResNet", "build_model", "convert_released_sn", "load_strict", "read_released_sn",
+__all__ = ["ResNet", "build_model", "convert_released_sn", "load_strict", "read_checkpoint", "read_released_sn",
            "released_sn_options", "strip_prefixes"]

@@ -1,4 +1,5 @@
 """Strict loading of state_dicts from this repository, torchvision and the SN authors' releases."""
+import os
 import re
 
 import torch
@@ -69,14 +70,46 @@ def released_sn_options(state_dict):
     raise KeyError("no 'mean_weight' key: this is not a Switchable Normalization checkpoint")
 
 
-def read_released_sn(path):
-    """Load the authors' `torch.save` file ({'state_dict': ...}) safely and convert it."""
+def read_checkpoint(path):
+    """(state_dict, config dict or None, kind) of any supported checkpoint file.
+
+    kind is "repo" (this repository's training checkpoint, with its config), "released" (the SN
+    authors' format, converted), "safetensors" or "state_dict" (e.g. torchvision). Prefixes
+    `module.`/`_orig_mod.` are removed.
+    """
+    if str(path).endswith(".safetensors"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        from safetensors.torch import load_file
+        state, config, kind = load_file(path), None, "safetensors"
+    else:
+        obj = _torch_load(path)
+        config = None
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
+            state, config, kind = obj["model"], obj["config"], "repo"
+        else:
+            state, kind = (obj.get("state_dict", obj) if isinstance(obj, dict) else None), "state_dict"
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: no state_dict of tensors found (expected this repository's checkpoint, "
+                         "a {'state_dict': ...} file, a plain state_dict or a .safetensors file)")
+    state = strip_prefixes(state)
+    if any(_RELEASED_NORM.search(k) for k in state):
+        state, kind = convert_released_sn(state), "released"
+    return state, config, kind
+
+
+def _torch_load(path):
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
     except Exception as e:  # unpickling errors, truncated zip archives, objects weights_only refuses
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+
+
+def read_released_sn(path):
+    """Load the authors' `torch.save` file ({'state_dict': ...}) safely and convert it."""
+    obj = _torch_load(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{path}: expected a dict with a 'state_dict' entry of tensors (the SN authors' format)")

@@ -128,12 +128,12 @@ class ResNet(nn.Module):
     norm (`bn_out`) before pooling. zero_init_last makes every residual branch start as zero:
     v1 zeroes the gamma of the branch's last norm; v2 zeroes the branch's last conv (zeroing a
     pre-activation gamma would feed relu(0) to that conv and freeze it). small_stem replaces the
-    7x7/2 conv and max-pool by a 3x3/1 conv, for 28-64 px images. Pooling is adaptive, so any
-    input size works.
+    7x7/2 conv and max-pool by a 3x3/1 conv, for 28-64 px images; width scales every stage
+    (64 is the standard network). Pooling is adaptive, so any input size works.
     """
 
     def __init__(self, depth=50, variant="v1", num_classes=1000, norm=None, dropout=0.0,
-                 zero_init_last=False, small_stem=False, in_channels=3):
+                 zero_init_last=False, small_stem=False, width=64, in_channels=3):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
@@ -145,15 +145,15 @@ class ResNet(nn.Module):
         block = BLOCKS[(variant, kind)]
         self.variant = variant
         if small_stem:
-            self.conv1 = conv3x3(in_channels, 64)
+            self.conv1 = conv3x3(in_channels, width)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = conv(in_channels, 64, 7, stride=2)
+            self.conv1 = conv(in_channels, width, 7, stride=2)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.bn1 = norm(64)
+        self.bn1 = norm(width)
         self.relu = nn.ReLU(inplace=True)
-        cin = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        cin = width
+        for i, (planes, blocks) in enumerate(zip((width, 2 * width, 4 * width, 8 * width), layers)):
             stages = []
             for j in range(blocks):
                 stages.append(block(cin, planes, 2 if i > 0 and j == 0 else 1, norm, zero_init_last))

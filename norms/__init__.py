@@ -3,6 +3,8 @@ from .batchnorm import BatchNorm2d, SyncBatchNorm2d
 from .factory import available_norms, build_norm, check_norms, register_norm, NormFactory
 from .recalibrate import recalibrate
 from .switchable import SwitchNorm2d, SyncSwitchNorm2d
+from .tools import average_running_stats, is_norm, switch_weights
 
 __all__ = ["BatchNorm2d", "SyncBatchNorm2d", "SwitchNorm2d", "SyncSwitchNorm2d", "build_norm",
-           "available_norms", "check_norms", "register_norm", "NormFactory", "recalibrate"]
+           "available_norms", "check_norms", "register_norm", "NormFactory", "recalibrate",
+           "average_running_stats", "is_norm", "switch_weights"]

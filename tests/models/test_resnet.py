@@ -78,6 +78,12 @@ def test_small_stem_and_any_input_size():
     assert ResNet(18, norm=norms.build_norm("bn"))(torch.randn(2, 3, 97, 61)).shape == (2, 1000)
 
 
+def test_width_scales_every_stage():
+    model = ResNet(50, norm=norms.build_norm("bn"), width=16, num_classes=4)
+    assert model.conv1.out_channels == 16 and model.layer4[0].conv3.out_channels == 16 * 8 * 4
+    assert model.fc.in_features == 512 and model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
 def test_dropout_before_fc():
     model = ResNet(18, norm=norms.build_norm("bn"), dropout=0.5)
     assert isinstance(model.dropout, torch.nn.Dropout) and model.dropout.p == 0.5

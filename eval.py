@@ -1,0 +1,94 @@
+"""Evaluate a checkpoint on a validation folder: top-1, top-5, loss, number of images.
+
+  python eval.py CHECKPOINT --data ROOT [--config CONFIG] [section.key=value ...]
+  torchrun --nproc_per_node=G eval.py CHECKPOINT --data ROOT ...
+
+CHECKPOINT is this repository's checkpoint (its config picks the architecture), the SN authors'
+released file, a torchvision state_dict or a .safetensors file (architecture from --config and
+overrides; default ResNet-50 v1, with SN for the authors' files).
+"""
+import argparse
+import dataclasses
+import json
+import sys
+
+import torch
+
+import norms
+from configs import Config, ConfigError, from_dict, load_config
+from data import build_eval_loader, build_train_loader
+from engine.distributed import all_gather_objects, init_distributed, shutdown
+from engine.evaluate import evaluate
+from models import build_model, load_strict, read_checkpoint, released_sn_options
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", help="dataset root holding the val split (default: the config's data.root)")
+    parser.add_argument("--config", help="config for checkpoints that carry none")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--save-logits", metavar="FILE", help="write logits and targets in dataset order")
+    parser.add_argument("--json", action="store_true", help="print one final JSON line")
+    parser.add_argument("--recalibrate", type=int, default=0, metavar="N",
+                        help="re-estimate norm statistics on N training batches of batch.samples_per_gpu first")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.depth=101")
+    return parser.parse_intermixed_args(argv)
+
+
+def resolve_config(args, saved, kind, state):
+    """The checkpoint's own config wins; otherwise --config (or the defaults) with overrides."""
+    if saved is not None:
+        cfg = from_dict(Config, saved)
+        if args.overrides:
+            raise ConfigError("this checkpoint carries its config; overrides are not accepted")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        if kind == "released":
+            cfg.norm = dataclasses.replace(cfg.norm, type="sn", **released_sn_options(state))
+    if args.data:
+        cfg.data = dataclasses.replace(cfg.data, root=args.data)
+    if args.workers is not None:
+        cfg.data = dataclasses.replace(cfg.data, workers=args.workers)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    env = init_distributed()
+    try:
+        state, saved, kind = read_checkpoint(args.checkpoint)
+        cfg = resolve_config(args, saved, kind, state)
+        norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
+        model = load_strict(build_model(cfg.model, norm), state, f"checkpoint {args.checkpoint}").to(env.device)
+        loader = build_eval_loader(cfg.data, args.batch_size, env.rank, env.world)
+        if args.recalibrate:
+            # batches of one (virtual) GPU's samples: the statistics batch the layers saw in training
+            train = build_train_loader(cfg.data, cfg.batch.samples_per_gpu, env.rank, env.world, cfg.train.seed)
+            norms.recalibrate(model, train, args.recalibrate)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        shutdown()
+        return 2
+    metrics = evaluate(model, loader, env.device, keep_logits=bool(args.save_logits))
+    if args.save_logits:
+        parts = all_gather_objects({k: metrics.pop(k) for k in ("logits", "targets", "indices")})
+        if env.is_main:
+            order = torch.cat([p["indices"] for p in parts]).argsort()
+            torch.save({k: torch.cat([p[k] for p in parts])[order] for k in ("logits", "targets", "indices")},
+                       args.save_logits)
+    if env.is_main:
+        summary = {"checkpoint": args.checkpoint, "format": kind, **metrics}
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"{args.checkpoint} ({kind}): top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
+                  f"loss {metrics['loss']:.4f} on {metrics['images']} images"
+                  + (f", {metrics['unreadable']} unreadable skipped" if metrics["unreadable"] else ""))
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

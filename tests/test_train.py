@@ -1,0 +1,128 @@
+"""train.py end to end on a tiny real image folder: torchrun, exact resume, NaN guard, bad images, emulation."""
+import json
+import os
+
+import pytest
+import torch
+
+from tests.engine.tiny import make_image_folder, run, write_config
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+def final_state(run_dir):
+    """Model and optimizer state of the newest checkpoint."""
+    names = sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_"))
+    state = torch.load(os.path.join(run_dir, names[-1]), weights_only=True)
+    return names[-1], state
+
+
+def assert_bitwise_equal(a, b):
+    assert a["global_step"] == b["global_step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pid, buf in a["optimizer"]["state"].items():
+        assert torch.equal(buf["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, dataset):
+    tmp = str(tmp_path_factory.mktemp("full"))
+    run("train.py", ["--config", write_config(tmp, dataset)])
+    return final_state(os.path.join(tmp, "runs", "run"))[1]
+
+
+def test_two_process_torchrun_run_writes_everything(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, gpus=4, b=2)
+    proc = run("train.py", ["--config", cfg], nproc=2)
+    assert "each process emulates 2 GPUs (stat_groups=2)" in proc.stdout
+    run_dir = tmp_path / "runs" / "run"
+    names = set(os.listdir(run_dir))
+    assert {"config.yaml", "metrics.jsonl", "final.json", "best.pt", "tb"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tb"))
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["images"] == 20 and final["iterations"] == 12 and final["setting"]["stat_groups"] == 2
+    kinds = {json.loads(line)["kind"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()}
+    assert {"train", "val", "epoch", "sn"} <= kinds
+    sn = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"sn"' in line][-1]
+    assert abs(sn["layer1.0.bn1/mean_in"] + sn["layer1.0.bn1/mean_ln"] + sn["layer1.0.bn1/mean_bn"] - 1) < 1e-5
+    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert all(k in train[0] for k in ("loss", "lr", "top1", "images_per_s", "data_wait_fraction"))
+
+
+@pytest.mark.parametrize("stop_at", [3, 6], ids=["mid_epoch", "epoch_boundary"])
+def test_resume_is_bitwise_exact(tmp_path, dataset, uninterrupted, stop_at):
+    cfg = write_config(str(tmp_path), dataset)
+    first = run("train.py", ["--config", cfg, f"train.max_iters={stop_at}"])
+    assert f"stopped at iteration {stop_at}" in first.stdout
+    second = run("train.py", ["--config", cfg])
+    assert f"resumed from" in second.stdout and f"iteration {stop_at}" in second.stdout
+    assert_bitwise_equal(final_state(tmp_path / "runs" / "run")[1], uninterrupted)
+
+
+def test_auto_resume_skips_corrupt_newest_checkpoint(tmp_path, dataset, uninterrupted):
+    cfg = write_config(str(tmp_path), dataset)
+    run("train.py", ["--config", cfg, "train.max_iters=3", "checkpoint.every_iters=1"])
+    run_dir = tmp_path / "runs" / "run"
+    newest = run_dir / "checkpoint_000000003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    proc = run("train.py", ["--config", cfg])
+    assert "skipping unreadable checkpoint" in proc.stdout + proc.stderr
+    assert "checkpoint_000000002.pt" in proc.stdout
+    assert_bitwise_equal(final_state(run_dir)[1], uninterrupted)
+
+
+def test_nan_guard_stops_all_ranks_and_keeps_last_good_checkpoint(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, gpus=4, b=2)
+    proc = run("train.py", ["--config", cfg, "optim.lr=1e30", "schedule.warmup_epochs=0", "checkpoint.every_iters=1"],
+               nproc=2, check=False)
+    assert proc.returncode != 0
+    assert "non-finite" in proc.stderr and "iteration" in proc.stderr
+    assert "rank 0" in proc.stderr and "rank 1" in proc.stderr
+    name, state = final_state(tmp_path / "runs" / "run")
+    assert all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_unreadable_images_are_named_counted_and_limited(tmp_path, dataset):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "train" / "a_red" / "broken.png").write_bytes(b"not an image")
+    cfg = write_config(str(tmp_path), str(data), epochs=1)
+    ok = run("train.py", ["--config", cfg])
+    assert "unreadable image" in ok.stdout and "broken.png" in ok.stdout
+    (data / "train" / "b_green" / "broken2.png").write_bytes(b"\x89PNG truncated")
+    failed = run("train.py", ["--config", cfg, "data.max_bad_images=1", "checkpoint.resume=none",
+                              "log.name=limited"], check=False)
+    assert failed.returncode == 1 and "exceed data.max_bad_images=1" in failed.stderr
+
+
+def test_emulated_setting_equals_true_multiprocess_statistics(tmp_path, dataset):
+    """(4, 2) on 2 processes x 2 virtual GPUs == on 1 process x 4 virtual GPUs; (2, 4) differs."""
+    runs = {}
+    for name, nproc, gpus, b in (("two_procs", 2, 4, 2), ("one_proc", 0, 4, 2), ("other_setting", 0, 2, 4)):
+        cfg = write_config(str(tmp_path), dataset, gpus=gpus, b=b, epochs=1, name=f"{name}.yaml")
+        run("train.py", ["--config", cfg, "model.dropout=0", f"log.name={name}"], nproc=nproc)
+        runs[name] = final_state(tmp_path / "runs" / name)[1]["model"]
+    for key, value in runs["two_procs"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, runs["one_proc"][key], rtol=1e-4, atol=1e-5, msg=key)
+    diff = max((runs["other_setting"][k] - v).abs().max().item() for k, v in runs["one_proc"].items()
+               if v.is_floating_point())
+    assert diff > 1e-3
+
+
+def test_command_line_errors(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset)
+    bad_key = run("train.py", ["--config", cfg, "optim.lrr=0.1"], check=False)
+    assert bad_key.returncode == 2 and "unknown config key 'optim.lrr'; did you mean 'optim.lr'?" in bad_key.stderr
+    missing = run("train.py", ["--config", str(tmp_path / "nope.yaml")], check=False)
+    assert missing.returncode == 2 and "config file not found" in missing.stderr
+    no_data = run("train.py", ["--config", cfg, f"data.root={tmp_path / 'absent'}"], check=False)
+    assert no_data.returncode == 2 and "absent" in no_data.stderr and len(no_data.stderr.strip().splitlines()) == 1
+    dry = run("train.py", ["--config", cfg, "--dry-run", "--world", "2"])
+    assert "setting (4, 2) on 2 process(es): total batch 8, 4 samples per process" in dry.stdout
+    assert "stat_groups=2" in dry.stdout and "lr 0.015625" in dry.stdout

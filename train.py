@@ -1,0 +1,60 @@
+"""Train a classifier.
+
+  torchrun --nproc_per_node=G train.py --config CONFIG [section.key=value ...]
+  python train.py --config CONFIG [overrides]            (one process)
+  python train.py --config CONFIG --dry-run [--world W]  (print the resolved setting and exit)
+
+Rerunning the same command continues from the newest readable checkpoint (checkpoint.resume=auto).
+"""
+import argparse
+import os
+import sys
+
+import yaml
+
+from configs import ConfigError, load_config, to_dict
+from engine.distributed import init_distributed, shutdown
+from engine.setting import resolve_setting
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML experiment config")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and setting, do not train")
+    parser.add_argument("--world", type=int, default=None, help="with --dry-run: number of processes (default: gpus)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.2")
+    return parser.parse_intermixed_args(argv)
+
+
+def run_dir_for(cfg, config_path):
+    return os.path.join(cfg.log.out_dir, cfg.log.name or os.path.splitext(os.path.basename(config_path))[0])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.dry_run:
+            world = args.world or cfg.batch.gpus
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+            print(resolve_setting(cfg.batch, cfg.optim.lr, world).describe())
+            print(f"run folder: {run_dir_for(cfg, args.config)}")
+            return 0
+        from engine.trainer import Trainer  # heavy imports only when training
+        env = init_distributed()
+        trainer = Trainer(cfg, env, run_dir_for(cfg, args.config))
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    try:
+        trainer.fit()
+    except (FloatingPointError, RuntimeError) as e:
+        print(f"error (rank {env.rank}): {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
