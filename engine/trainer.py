@@ -253,6 +253,7 @@ class Trainer:
                                f"{self.cfg.data.max_bad_images}; check the dataset or raise the limit")
 
     def validate(self):
+        norms.average_running_stats(self.model)  # evaluate with the statistics the checkpoint will hold
         metrics = evaluate(self.net, self.val_loader, self.env.device, self.cfg.train.channels_last, self._autocast)
         self.model.train()
         self.log.scalars(self.global_step, {k: metrics[k] for k in ("top1", "top5", "loss", "images")}, "val")

@@ -49,6 +49,10 @@ def test_two_process_torchrun_run_writes_everything(tmp_path, dataset):
     assert {"train", "val", "epoch", "sn"} <= kinds
     sn = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"sn"' in line][-1]
     assert abs(sn["layer1.0.bn1/mean_in"] + sn["layer1.0.bn1/mean_ln"] + sn["layer1.0.bn1/mean_bn"] - 1) < 1e-5
+    evaluated = run("eval.py", [run_dir / "checkpoint_000000012.pt", "--data", dataset, "--json"], nproc=2)
+    evaluated = json.loads(evaluated.stdout.splitlines()[-1])
+    assert evaluated["correct1"] == final["correct1"]
+    assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-6)  # the checkpoint holds what was evaluated
     train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert all(k in train[0] for k in ("loss", "lr", "top1", "images_per_s", "data_wait_fraction"))
 
