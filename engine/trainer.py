@@ -172,7 +172,8 @@ class Trainer:
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.model.train()
-        meter = {"loss": 0.0, "correct": 0, "seen": 0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+        meter = {"loss": 0.0, "correct": 0, "correct5": 0, "seen": 0, "steps": 0, "wait": 0.0,
+                 "start": time.perf_counter()}
         epoch_start = time.perf_counter()
         tick = time.perf_counter()
         for images, targets, bad in self._progress(self.train_loader):
@@ -181,11 +182,12 @@ class Trainer:
                        self.cfg.schedule, self.cfg.train.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, correct = self.train_step(images, targets, bad)
+            loss, correct1, correct5 = self.train_step(images, targets, bad)
             self.step_in_epoch += 1
             self.global_step += 1
             meter["loss"] += loss
-            meter["correct"] += correct
+            meter["correct"] += correct1
+            meter["correct5"] += correct5
             meter["seen"] += len(targets)
             meter["steps"] += 1
             if self.global_step % self.cfg.log.print_every == 0:
@@ -205,7 +207,7 @@ class Trainer:
         return True
 
     def train_step(self, images, targets, bad):
-        """Forward, backward, finiteness check across ranks, optimizer step. Returns (loss, #correct)."""
+        """Forward, backward, finiteness check across ranks, optimizer step. Returns (loss, #top-1, #top-5 correct)."""
         device = self.env.device
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -237,8 +239,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        correct = (logits.detach().argmax(1) == targets).sum().item()
-        return loss.item(), correct
+        top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
+        return loss.item(), top5[:, 0].sum().item(), top5.any(1).sum().item()
 
     def _check_bad_images(self, bad, total_new):
         if total_new == 0:
@@ -265,14 +267,15 @@ class Trainer:
     # ----- logging ------------------------------------------------------------------------------
     def _log_train(self, meter, lr):
         elapsed = time.perf_counter() - meter["start"]
-        values = {"loss": meter["loss"] / max(meter["steps"], 1), "top1": 100.0 * meter["correct"] / max(meter["seen"], 1),
-                  "lr": lr, "images_per_s": meter["seen"] * self.env.world / max(elapsed, 1e-9),
+        seen = max(meter["seen"], 1)
+        values = {"loss": meter["loss"] / max(meter["steps"], 1), "top1": 100.0 * meter["correct"] / seen,
+                  "top5": 100.0 * meter["correct5"] / seen, "lr": lr, "images_per_s": meter["seen"] * self.env.world / max(elapsed, 1e-9),
                   "data_wait_fraction": meter["wait"] / max(elapsed, 1e-9), "epoch": self.epoch}
         self.log.scalars(self.global_step, values, "train")
         self.log.info(f"epoch {self.epoch} iter {self.global_step} ({self.step_in_epoch}/{self.steps_per_epoch}) "
                       f"loss {values['loss']:.4f} top1 {values['top1']:.1f} lr {lr:.4g} "
                       f"{values['images_per_s']:.0f} img/s data-wait {100 * values['data_wait_fraction']:.0f}%")
-        meter.update(loss=0.0, correct=0, seen=0, steps=0, wait=0.0, start=time.perf_counter())
+        meter.update(loss=0.0, correct=0, correct5=0, seen=0, steps=0, wait=0.0, start=time.perf_counter())
 
     def _progress(self, loader):
         if not (self.env.is_main and RunLogger.is_tty()):

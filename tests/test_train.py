@@ -119,6 +119,15 @@ def test_emulated_setting_equals_true_multiprocess_statistics(tmp_path, dataset)
     assert diff > 1e-3
 
 
+def test_one_sample_per_gpu_drops_the_bn_branch_and_bf16_channels_last_run(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, gpus=4, b=1, epochs=1)
+    proc = run("train.py", ["--config", cfg, "train.precision=bf16", "train.channels_last=true", "train.max_iters=2"])
+    assert "SN drops its BN branch (using_bn=False)" in proc.stdout
+    _, state = final_state(tmp_path / "runs" / "run")
+    assert state["model"]["layer1.0.bn1.mean_weight"].shape == (2,)
+    assert not any(k.endswith("running_mean") for k in state["model"])
+
+
 def test_command_line_errors(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset)
     bad_key = run("train.py", ["--config", cfg, "optim.lrr=0.1"], check=False)
