@@ -10,6 +10,7 @@ overrides; default ResNet-50 v1, with SN for the authors' files).
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -18,7 +19,8 @@ import norms
 from configs import Config, ConfigError, from_dict, load_config
 from data import build_eval_loader, build_train_loader
 from engine.distributed import all_gather_objects, init_distributed, shutdown
-from engine.evaluate import evaluate
+from engine.evaluate import autocast, evaluate
+from engine.setting import statistics_batch
 from models import build_model, load_strict, read_checkpoint, released_sn_options
 
 
@@ -31,10 +33,18 @@ def parse_args(argv):
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--save-logits", metavar="FILE", help="write logits and targets in dataset order")
     parser.add_argument("--json", action="store_true", help="print one final JSON line")
-    parser.add_argument("--recalibrate", type=int, default=0, metavar="N",
-                        help="re-estimate norm statistics on N training batches of batch.samples_per_gpu first")
+    parser.add_argument("--recalibrate", type=_non_negative, default=0, metavar="N",
+                        help="re-estimate norm statistics on N training batches first (each of the samples "
+                             "one norm layer saw in training: samples_per_gpu, or the global batch for sync norms)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.depth=101")
     return parser.parse_intermixed_args(argv)
+
+
+def _non_negative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def resolve_config(args, saved, kind, state):
@@ -58,20 +68,26 @@ def main(argv=None):
     args = parse_args(argv)
     env = init_distributed()
     try:
+        if args.save_logits and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_logits))):
+            raise FileNotFoundError(f"--save-logits: folder of {args.save_logits} does not exist")
         state, saved, kind = read_checkpoint(args.checkpoint)
         cfg = resolve_config(args, saved, kind, state)
         norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
         model = load_strict(build_model(cfg.model, norm), state, f"checkpoint {args.checkpoint}").to(env.device)
-        loader = build_eval_loader(cfg.data, args.batch_size, env.rank, env.world)
+        loader = build_eval_loader(cfg.data, args.batch_size, env.rank, env.world, num_classes=cfg.model.num_classes)
         if args.recalibrate:
-            # batches of one (virtual) GPU's samples: the statistics batch the layers saw in training
-            train = build_train_loader(cfg.data, cfg.batch.samples_per_gpu, env.rank, env.world, cfg.train.seed)
-            norms.recalibrate(model, train, args.recalibrate)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+            # batches of the samples one norm layer normalized over in training
+            train = build_train_loader(cfg.data, statistics_batch(cfg, env.world), env.rank, env.world,
+                                       cfg.train.seed, num_classes=cfg.model.num_classes)
+            with autocast(cfg.train.precision, env.device.type):
+                norms.recalibrate(model, train, args.recalibrate)
+        # the training precision, so the numbers equal the trainer's own validation
+        metrics = evaluate(model, loader, env.device, precision=cfg.train.precision,
+                           keep_logits=bool(args.save_logits))
+    except (ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         shutdown()
         return 2
-    metrics = evaluate(model, loader, env.device, keep_logits=bool(args.save_logits))
     if args.save_logits:
         parts = all_gather_objects({k: metrics.pop(k) for k in ("logits", "targets", "indices")})
         if env.is_main:

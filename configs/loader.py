@@ -74,7 +74,10 @@ def _apply_override(raw, item):
         if not isinstance(child, dict):
             raise ConfigError(f"override '{item}': '{'.'.join(keys[:depth + 1])}' is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+    try:
+        node[keys[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override '{item}': the value is not valid YAML; quote it or fix the brackets") from None
 
 
 def _type_name(tp):

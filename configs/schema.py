@@ -90,6 +90,8 @@ class TrainConfig:
     label_smoothing: float = spec(0.0, ge=0, lt=1)
     eval_every: int = spec(1, gt=0)            # epochs
     max_iters: int = spec(0, ge=0)             # stop (after a checkpoint) at this global iteration; 0: off
+    recalibrate_batches: int = spec(100, gt=0)  # with norm.using_moving_average=false: batches per rank
+                                                # used to recompute norm statistics before each evaluation
 
 
 @dataclass

@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+from models.checkpoints import load_file
+
 PATTERN = "checkpoint_{:09d}.pt"
 _STEP = re.compile(r"checkpoint_(\d{9})\.pt$")
 
@@ -18,6 +20,7 @@ def atomic_write(path, write):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; keep files readable as the umask allows
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -32,6 +35,19 @@ def atomic_write(path, write):
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_copy(src, path):
+    """Copy a file to `path` atomically (e.g. best.pt from the checkpoint just written)."""
+    with open(src, "rb") as f:
+        data = f.read()
+    atomic_write(path, lambda out: out.write(data))
 
 
 def atomic_save(obj, path):
@@ -50,18 +66,25 @@ def list_checkpoints(folder):
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def step_of(path):
+    return int(_STEP.search(path).group(1))
+
+
 def save_periodic(obj, folder, global_step, keep_last):
-    """Write checkpoint_<step>.pt atomically, then delete all but the newest `keep_last`."""
+    """Write checkpoint_<step>.pt atomically, then delete older ones beyond the newest `keep_last`.
+
+    Files of later steps (an unreadable leftover that resume skipped) are never counted or deleted here.
+    """
     path = os.path.join(folder, PATTERN.format(global_step))
     atomic_save(obj, path)
-    for old in list_checkpoints(folder)[keep_last:]:
+    for old in [p for p in list_checkpoints(folder) if step_of(p) <= global_step][keep_last:]:
         os.remove(old)
     return path
 
 
 def load(path):
-    """Load a checkpoint with weights_only=True (no arbitrary code from pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint with weights_only=True (no arbitrary code from pickles); ValueError if unreadable."""
+    return load_file(path)
 
 
 def load_newest(folder, log=print):

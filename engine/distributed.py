@@ -61,6 +61,15 @@ def all_gather_objects(obj):
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier():
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -1,12 +1,21 @@
 """Exact distributed evaluation: every image counted once, counts summed over ranks."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from .distributed import all_reduce_sum
 
 
+def autocast(precision, device_type):
+    """The autocast context for train.precision ('fp32' runs without autocast)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 @torch.no_grad()
-def evaluate(model, loader, device, channels_last=False, autocast=None, keep_logits=False):
+def evaluate(model, loader, device, channels_last=False, precision="fp32", keep_logits=False):
     """Return {"images", "top1", "top5", "loss", "unreadable"} (+ "logits", "targets", "indices").
 
     Unreadable images (a substituted sample, `bad >= 0`) are excluded and counted separately.
@@ -22,7 +31,7 @@ def evaluate(model, loader, device, channels_last=False, autocast=None, keep_log
         targets = targets.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
+        with autocast(precision, device.type):
             logits = model(images).float()
         ok = (bad.to(device) < 0)
         top5 = logits.topk(min(5, logits.shape[1]), 1).indices

@@ -1,4 +1,5 @@
 """Map the paper's (#GPUs g, samples-per-GPU b) setting onto the processes actually launched."""
+import dataclasses
 from dataclasses import dataclass
 
 
@@ -31,3 +32,23 @@ def resolve_setting(batch_cfg, base_lr, world):
                          f"launch torchrun with --nproc_per_node*--nnodes dividing {g}")
     k = g // world
     return Setting(g, b, world, k * b, k, base_lr * g * b / 256)
+
+
+def apply_setting_rules(cfg):
+    """(cfg, notes): the config with the paper's per-setting rules applied, so saved configs say what ran.
+
+    With one sample per GPU, SN's BN branch would normalize single samples: the paper dropped it
+    (using_bn=False). SyncSN keeps it, as its statistics cover the whole global batch.
+    """
+    notes = []
+    if cfg.batch.samples_per_gpu == 1 and cfg.norm.type == "sn" and cfg.norm.using_bn:
+        cfg = dataclasses.replace(cfg, norm=dataclasses.replace(cfg.norm, using_bn=False))
+        notes.append("one sample per GPU: SN drops its BN branch (using_bn=False), as the paper did")
+    return cfg, notes
+
+
+def statistics_batch(cfg, world):
+    """Samples per process whose statistics one norm layer saw in training (for recalibration)."""
+    if cfg.norm.type in ("syncbn", "syncsn"):
+        return max(cfg.batch.total // world, 1)  # synchronized: the global batch, shared by the ranks
+    return cfg.batch.samples_per_gpu

@@ -1,5 +1,4 @@
 """The trainer: one class whose methods are the steps of training, driven by a validated Config."""
-import contextlib
 import inspect
 import dataclasses
 import os
@@ -14,15 +13,15 @@ from torch.nn.parallel import DistributedDataParallel
 import norms
 from configs import to_dict
 from data import build_eval_loader, build_train_loader
-from models import build_model
+from models import build_model, load_strict
 
 from . import checkpoint as ckpt
-from .distributed import all_gather_objects, all_reduce_sum, barrier
-from .evaluate import evaluate
+from .distributed import all_gather_objects, all_reduce_sum, barrier, broadcast_object
+from .evaluate import autocast, evaluate
 from .logger import RunLogger
 from .optim import build_optimizer
 from .schedule import lr_at
-from .setting import resolve_setting
+from .setting import apply_setting_rules, resolve_setting
 from .state import capture_rng, restore_rng, seed_everything
 
 
@@ -30,34 +29,36 @@ class Trainer:
     """Builds everything from `cfg` and the distributed environment `env`, then `fit()` trains."""
 
     def __init__(self, cfg, env, run_dir):
+        cfg, notes = apply_setting_rules(cfg)
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
         self.log = RunLogger(run_dir, env.is_main, cfg.log.tensorboard)
         self.setting = resolve_setting(cfg.batch, cfg.optim.lr, env.world)
-        self.log.info(self.setting.describe())
+        for line in [self.setting.describe()] + notes:
+            self.log.info(line)
         self._set_determinism()
         seed_everything(cfg.train.seed + env.rank)
         self.model = self._build_model()
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.setting.lr)
+        self.scaler = torch.amp.GradScaler(env.device.type) if cfg.train.precision == "fp16" else None
+        self.train_loader = build_train_loader(cfg.data, self.setting.per_process, env.rank, env.world,
+                                               cfg.train.seed, num_classes=cfg.model.num_classes)
+        self.val_loader = build_eval_loader(cfg.data, self.setting.per_process, env.rank, env.world,
+                                            num_classes=cfg.model.num_classes)
+        _check_same_classes(self.train_loader.dataset, self.val_loader.dataset)
+        self.steps_per_epoch = self.train_loader.sampler.batches_per_epoch
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best_top1 = -1.0
+        self.bad_images = 0
+        self._resume()  # before DDP, so every rank starts from the same loaded state
         self.net = self.model
         if env.active:
             self.net = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
                                                else None, **_rank_local_buffers())
         if cfg.train.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.setting.lr)
-        self.scaler = torch.amp.GradScaler(env.device.type) if cfg.train.precision == "fp16" else None
-        self.train_loader = build_train_loader(cfg.data, self.setting.per_process, env.rank, env.world,
-                                               cfg.train.seed, num_classes=cfg.model.num_classes)
-        self.val_loader = build_eval_loader(cfg.data, self.setting.per_process, env.rank, env.world)
-        self.steps_per_epoch = self.train_loader.sampler.batches_per_epoch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"the training set is smaller than one global batch of {self.setting.total}")
-        self.epoch = self.step_in_epoch = self.global_step = 0
-        self.best_top1 = -1.0
-        self.bad_images = 0
         if env.is_main:
-            with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-        self._resume()
+            ckpt.atomic_write(os.path.join(run_dir, "config.yaml"),
+                              lambda f: f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()))
 
     # ----- set-up -------------------------------------------------------------------------------
     def _set_determinism(self):
@@ -69,9 +70,6 @@ class Trainer:
 
     def _build_model(self):
         options = dataclasses.asdict(self.cfg.norm)
-        if self.setting.samples_per_gpu == 1 and options["type"] in ("sn", "syncsn") and options["using_bn"]:
-            options["using_bn"] = False
-            self.log.info("one sample per GPU: SN drops its BN branch (using_bn=False), as the paper did")
         norm = norms.build_norm(**options, stat_groups=self.setting.stat_groups)
         model = build_model(self.cfg.model, norm).to(self.env.device)
         if self.cfg.train.channels_last:
@@ -79,11 +77,7 @@ class Trainer:
         return model
 
     def _autocast(self):
-        precision = self.cfg.train.precision
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(self.env.device.type, dtype=dtype)
+        return autocast(self.cfg.train.precision, self.env.device.type)
 
     # ----- checkpoints --------------------------------------------------------------------------
     def _state(self):
@@ -104,21 +98,26 @@ class Trainer:
         if self.env.is_main:
             path = ckpt.save_periodic(state, self.run_dir, self.global_step, self.cfg.checkpoint.keep_last)
             if best:
-                ckpt.atomic_save(state, os.path.join(self.run_dir, "best.pt"))
+                ckpt.atomic_copy(path, os.path.join(self.run_dir, "best.pt"))
             self.log.info(f"saved {path}{' (best)' if best else ''}")
         barrier()
 
     def _resume(self):
+        """Rank 0 picks the checkpoint (resume=auto: newest readable) and every rank loads that same file."""
         target = self.cfg.checkpoint.resume
         if target == "none":
             return
         if target == "auto":
-            path, state = ckpt.load_newest(self.run_dir, self.log.info)
-            if state is None:
+            chosen = ckpt.load_newest(self.run_dir, self.log.info)[0] if self.env.is_main else None
+            target = broadcast_object(chosen)
+            if target is None:
                 return
-        else:
-            path, state = target, ckpt.load(target)
-        self.model.load_state_dict(state["model"])
+        state = ckpt.load(target)
+        newer = [p for p in ckpt.list_checkpoints(self.run_dir) if ckpt.step_of(p) > state["global_step"]]
+        if self.cfg.checkpoint.resume != "auto" and newer:
+            raise ValueError(f"{self.run_dir} already holds checkpoints past iteration {state['global_step']} "
+                             f"({os.path.basename(newer[0])}); resume into a new folder (log.name=...)")
+        load_strict(self.model, state["model"], f"checkpoint {target}")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -129,7 +128,10 @@ class Trainer:
             restore_rng(state["rng"][self.env.rank])
         else:
             self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG streams restart")
-        self.log.info(f"resumed from {path}: epoch {self.epoch}, iteration {self.global_step}")
+        changed = _changed_keys(state.get("config", {}), to_dict(self.cfg))
+        if changed:
+            self.log.info(f"warning: resuming with a changed config: {', '.join(changed)}")
+        self.log.info(f"resumed from {target}: epoch {self.epoch}, iteration {self.global_step}")
 
     # ----- training -----------------------------------------------------------------------------
     def fit(self):
@@ -188,7 +190,7 @@ class Trainer:
             meter["loss"] += loss
             meter["correct"] += correct1
             meter["correct5"] += correct5
-            meter["seen"] += len(targets)
+            meter["seen"] += len(targets) * self.env.world
             meter["steps"] += 1
             if self.global_step % self.cfg.log.print_every == 0:
                 self._log_train(meter, lr)
@@ -207,7 +209,10 @@ class Trainer:
         return True
 
     def train_step(self, images, targets, bad):
-        """Forward, backward, finiteness check across ranks, optimizer step. Returns (loss, #top-1, #top-5 correct)."""
+        """Forward, backward, finiteness check across ranks, optimizer step.
+
+        Returns the loss averaged over ranks and the numbers of top-1/top-5 hits summed over ranks.
+        """
         device = self.env.device
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -225,11 +230,13 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
         # fp16 overflow is the scaler's business (it skips the step); anything else non-finite stops the run
         grad_ok = bool(self.scaler) or torch.isfinite(grad_norm)
-        flags = torch.stack([(~(torch.isfinite(loss.detach()) & grad_ok)).double(),
-                             (bad >= 0).sum().double().to(device)])
-        all_reduce_sum(flags)
-        self._check_bad_images(bad, int(flags[1].item()))
-        if flags[0].item() > 0:
+        top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
+        # one collective and one host sync per step: the guard, bad images and the step's metrics together
+        stats = torch.stack([(~(torch.isfinite(loss.detach()) & grad_ok)).double(), (bad >= 0).sum().double().to(device),
+                             loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double()])
+        nonfinite, bad_total, loss_sum, correct1, correct5 = all_reduce_sum(stats).tolist()
+        self._check_bad_images(bad, int(bad_total))
+        if nonfinite > 0:
             raise FloatingPointError(
                 f"non-finite loss or gradient at iteration {self.global_step + 1} (epoch {self.epoch}, "
                 f"step {self.step_in_epoch + 1}); weights not updated, the last checkpoint in {self.run_dir} "
@@ -239,8 +246,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
-        return loss.item(), top5[:, 0].sum().item(), top5.any(1).sum().item()
+        return loss_sum / self.env.world, int(correct1), int(correct5)
 
     def _check_bad_images(self, bad, total_new):
         if total_new == 0:
@@ -255,8 +261,11 @@ class Trainer:
                                f"{self.cfg.data.max_bad_images}; check the dataset or raise the limit")
 
     def validate(self):
+        if not self.cfg.norm.using_moving_average:
+            self.recalibrate()
         norms.average_running_stats(self.model)  # evaluate with the statistics the checkpoint will hold
-        metrics = evaluate(self.net, self.val_loader, self.env.device, self.cfg.train.channels_last, self._autocast)
+        metrics = evaluate(self.net, self.val_loader, self.env.device, self.cfg.train.channels_last,
+                           self.cfg.train.precision)
         self.model.train()
         self.log.scalars(self.global_step, {k: metrics[k] for k in ("top1", "top5", "loss", "images")}, "val")
         self.log.info(f"epoch {self.epoch} val: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
@@ -264,12 +273,27 @@ class Trainer:
                       + (f" ({metrics['unreadable']} unreadable skipped)" if metrics["unreadable"] else ""))
         return metrics
 
+    def recalibrate(self):
+        """Batch-average mode: recompute running statistics from training batches (all ranks together).
+
+        Each process batch holds stat_groups virtual GPUs, and each of their chunks counts as one batch,
+        so the statistics are those of samples_per_gpu-sample batches, as in training. The RNG is forked
+        so that recalibrating does not change the training run.
+        """
+        loader = build_train_loader(self.cfg.data, self.setting.per_process, self.env.rank, self.env.world,
+                                    self.cfg.train.seed + 1, num_classes=self.cfg.model.num_classes)
+        loader.sampler.set_epoch(self.epoch)
+        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            used = norms.recalibrate(self.model, loader, self.cfg.train.recalibrate_batches)
+        self.log.info(f"recalibrated norm statistics on {used} batches per process")
+
     # ----- logging ------------------------------------------------------------------------------
     def _log_train(self, meter, lr):
         elapsed = time.perf_counter() - meter["start"]
         seen = max(meter["seen"], 1)
         values = {"loss": meter["loss"] / max(meter["steps"], 1), "top1": 100.0 * meter["correct"] / seen,
-                  "top5": 100.0 * meter["correct5"] / seen, "lr": lr, "images_per_s": meter["seen"] * self.env.world / max(elapsed, 1e-9),
+                  "top5": 100.0 * meter["correct5"] / seen, "lr": lr, "images_per_s": meter["seen"] / max(elapsed, 1e-9),
                   "data_wait_fraction": meter["wait"] / max(elapsed, 1e-9), "epoch": self.epoch}
         self.log.scalars(self.global_step, values, "train")
         self.log.info(f"epoch {self.epoch} iter {self.global_step} ({self.step_in_epoch}/{self.steps_per_epoch}) "
@@ -298,3 +322,25 @@ def _rank_local_buffers():
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
+
+def _check_same_classes(train, val):
+    if hasattr(train, "classes") and hasattr(val, "classes") and train.classes != val.classes:
+        extra = sorted(set(val.classes) ^ set(train.classes))
+        raise ValueError(f"train and val folders hold different classes (e.g. '{extra[0] if extra else '?'}'); "
+                         "both need the same class folders")
+
+
+_RUNTIME_KEYS = ("checkpoint.", "log.", "train.max_iters", "data.workers")
+
+
+def _changed_keys(saved, current, prefix=""):
+    """Dotted keys whose values differ, ignoring options that do not change the optimization."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b, path = saved.get(key), current.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, path + ".")
+        elif a != b and not path.startswith(_RUNTIME_KEYS):
+            out.append(path)
+    return out

@@ -80,10 +80,10 @@ def read_checkpoint(path):
     if str(path).endswith(".safetensors"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        from safetensors.torch import load_file
-        state, config, kind = load_file(path), None, "safetensors"
+        from safetensors.torch import load_file as load_safetensors
+        state, config, kind = load_safetensors(path), None, "safetensors"
     else:
-        obj = _torch_load(path)
+        obj = load_file(path)
         config = None
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
             state, config, kind = obj["model"], obj["config"], "repo"
@@ -98,7 +98,8 @@ def read_checkpoint(path):
     return state, config, kind
 
 
-def _torch_load(path):
+def load_file(path):
+    """torch.load with weights_only=True; FileNotFoundError or a one-line ValueError when unreadable."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -109,8 +110,7 @@ def _torch_load(path):
 
 def read_released_sn(path):
     """Load the authors' `torch.save` file ({'state_dict': ...}) safely and convert it."""
-    obj = _torch_load(path)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path}: expected a dict with a 'state_dict' entry of tensors (the SN authors' format)")
-    return convert_released_sn(state)
+    state, _, kind = read_checkpoint(path)
+    if kind != "released":
+        raise ValueError(f"{path}: not in the SN authors' format (no sn1/sn2/sn3/sn_out keys)")
+    return state

@@ -32,9 +32,9 @@ class BatchNorm2d(RunningStatsMixin, nn.BatchNorm2d):
         n, c, h, w = x.shape
         k = self.stat_groups
         check_groups(n, k, type(self).__name__)
-        xs = x.view(k, n // k, c, h, w).to(stats_dtype(x))
-        var, mean = torch.var_mean(xs, dim=(1, 3, 4), correction=0)
-        return self._normalize(x, mean, var, n // k * h * w)
+        xs = x.to(stats_dtype(x))  # one upcast copy for low precision, shared by the statistics and the affine
+        var, mean = torch.var_mean(xs.view(k, n // k, c, h, w), dim=(1, 3, 4), correction=0)
+        return self._normalize(xs, mean, var, n // k * h * w).to(x.dtype)
 
     def _normalize(self, x, mean, var, count):
         """Normalize x with (k, C) statistics of k equal chunks of `count` values per channel each."""
@@ -64,6 +64,7 @@ class SyncBatchNorm2d(BatchNorm2d):
         if not self.training or active_group(self.process_group) is None:
             return super().forward(x)
         n, c, h, w = x.shape
-        var, mean = torch.var_mean(x.to(stats_dtype(x)), dim=(0, 2, 3), correction=0)
+        xs = x.to(stats_dtype(x))
+        var, mean = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
         mean, var, total = merge_moments(n * h * w, mean, var, self.process_group)
-        return self._normalize(x, mean[None], var[None], total)
+        return self._normalize(xs, mean[None], var[None], total).to(x.dtype)

@@ -22,9 +22,5 @@ def check_groups(batch, groups, layer):
 
 
 def affine(x, scale, shift):
-    """y = x * scale + shift with per-(n, c) or per-(group, c) coefficients broadcast over H, W.
-
-    Computed in the statistics dtype and cast back, keeping x's memory format.
-    """
-    y = torch.addcmul(shift[..., None, None], x.to(scale.dtype), scale[..., None, None])
-    return y.to(x.dtype)
+    """y = x * scale + shift with per-(n, c) coefficients broadcast over H, W, keeping x's memory format."""
+    return torch.addcmul(shift[..., None, None], x, scale[..., None, None])

@@ -70,7 +70,8 @@ class SwitchNorm2d(RunningStatsMixin, nn.Module):
         check_4d(x, type(self).__name__)
         n, c, h, w = x.shape
         correction = 1 if h * w > 1 else 0
-        var_in, mean_in = torch.var_mean(x.to(stats_dtype(x)), dim=(2, 3), correction=correction)
+        xs = x.to(stats_dtype(x))  # one upcast copy for low precision, shared by the statistics and the affine
+        var_in, mean_in = torch.var_mean(xs, dim=(2, 3), correction=correction)
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).pow(2).mean(1, keepdim=True)
         mw = torch.softmax(self.mean_weight, 0)
@@ -82,7 +83,7 @@ class SwitchNorm2d(RunningStatsMixin, nn.Module):
             mean = mean + mw[2] * mean_bn
             var = var + vw[2] * var_bn
         scale = self.weight * torch.rsqrt(var + self.eps)
-        return affine(x, scale, self.bias - mean * scale)
+        return affine(xs, scale, self.bias - mean * scale).to(x.dtype)
 
     def _bn_branch(self, mean_in, var_in):
         """BN-branch mean and variance, broadcastable to (N, C)."""

@@ -128,6 +128,41 @@ def test_one_sample_per_gpu_drops_the_bn_branch_and_bf16_channels_last_run(tmp_p
     assert not any(k.endswith("running_mean") for k in state["model"])
 
 
+def test_batch_average_mode_recalibrates_before_evaluation(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, epochs=1)
+    proc = run("train.py", ["--config", cfg, "norm.using_moving_average=false", "train.recalibrate_batches=3"])
+    assert "recalibrated norm statistics on 3 batches" in proc.stdout
+    run_dir = tmp_path / "runs" / "run"
+    _, state = final_state(run_dir)
+    assert not torch.equal(state["model"]["bn1.running_var"], torch.ones_like(state["model"]["bn1.running_var"]))
+    final = json.loads((run_dir / "final.json").read_text())
+    evaluated = json.loads(run("eval.py", [run_dir / "checkpoint_000000006.pt", "--data", dataset, "--json"])
+                           .stdout.splitlines()[-1])
+    assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-6)
+
+
+def test_one_sample_per_gpu_checkpoint_evaluates(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, gpus=4, b=1, epochs=1)
+    run("train.py", ["--config", cfg, "train.max_iters=2"])
+    run_dir = tmp_path / "runs" / "run"
+    assert "using_bn: false" in (run_dir / "config.yaml").read_text()
+    evaluated = run("eval.py", [run_dir / "checkpoint_000000002.pt", "--data", dataset, "--json"])
+    assert json.loads(evaluated.stdout.splitlines()[-1])["images"] == 20
+
+
+def test_checkpoint_files_keep_old_runs_safe_and_are_readable(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, epochs=1)
+    run("train.py", ["--config", cfg])
+    run_dir = tmp_path / "runs" / "run"
+    assert (os.stat(run_dir / "checkpoint_000000006.pt").st_mode & 0o044) == 0o044  # group/other readable
+    again = run("train.py", ["--config", cfg, f"checkpoint.resume={run_dir / 'checkpoint_000000006.pt'}",
+                             "train.epochs=2", "train.max_iters=8", "optim.lr=0.1"])
+    assert "resuming with a changed config: optim.lr" in again.stdout
+    older = run_dir / "checkpoint_000000006.pt"
+    refused = run("train.py", ["--config", cfg, f"checkpoint.resume={older}", "train.epochs=2"], check=False)
+    assert refused.returncode == 2 and "already holds checkpoints past iteration 6" in refused.stderr
+
+
 def test_command_line_errors(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset)
     bad_key = run("train.py", ["--config", cfg, "optim.lrr=0.1"], check=False)
@@ -136,6 +171,13 @@ def test_command_line_errors(tmp_path, dataset):
     assert missing.returncode == 2 and "config file not found" in missing.stderr
     no_data = run("train.py", ["--config", cfg, f"data.root={tmp_path / 'absent'}"], check=False)
     assert no_data.returncode == 2 and "absent" in no_data.stderr and len(no_data.stderr.strip().splitlines()) == 1
+    bad_value = run("train.py", ["--config", cfg, "optim.lr=["], check=False)
+    assert bad_value.returncode == 2 and "not valid YAML" in bad_value.stderr
+    import shutil
+    shutil.copytree(dataset, tmp_path / "mismatch")
+    shutil.rmtree(tmp_path / "mismatch" / "val" / "d_gray")
+    mismatch = run("train.py", ["--config", cfg, f"data.root={tmp_path / 'mismatch'}"], check=False)
+    assert mismatch.returncode == 2 and "different classes (e.g. 'd_gray')" in mismatch.stderr
     dry = run("train.py", ["--config", cfg, "--dry-run", "--world", "2"])
     assert "setting (4, 2) on 2 process(es): total batch 8, 4 samples per process" in dry.stdout
     assert "stat_groups=2" in dry.stdout and "lr 0.015625" in dry.stdout
