@@ -107,12 +107,13 @@ class Trainer:
         target = self.cfg.checkpoint.resume
         if target == "none":
             return
+        state = None
         if target == "auto":
-            chosen = ckpt.load_newest(self.run_dir, self.log.info)[0] if self.env.is_main else None
+            chosen, state = ckpt.load_newest(self.run_dir, self.log.info) if self.env.is_main else (None, None)
             target = broadcast_object(chosen)
             if target is None:
                 return
-        state = ckpt.load(target)
+        state = state or ckpt.load(target)
         newer = [p for p in ckpt.list_checkpoints(self.run_dir) if ckpt.step_of(p) > state["global_step"]]
         if self.cfg.checkpoint.resume != "auto" and newer:
             raise ValueError(f"{self.run_dir} already holds checkpoints past iteration {state['global_step']} "

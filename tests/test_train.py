@@ -128,6 +128,16 @@ def test_one_sample_per_gpu_drops_the_bn_branch_and_bf16_channels_last_run(tmp_p
     assert not any(k.endswith("running_mean") for k in state["model"])
 
 
+def test_fp16_with_grad_scaler_and_compiled_model(tmp_path, dataset):
+    cfg = write_config(str(tmp_path), dataset, epochs=1)
+    run("train.py", ["--config", cfg, "train.precision=fp16", "train.max_iters=2", "log.name=fp16"])
+    _, state = final_state(tmp_path / "runs" / "fp16")
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+    run("train.py", ["--config", cfg, "train.compile=true", "train.max_iters=1", "log.name=compiled"])  # ~70 s
+    _, state = final_state(tmp_path / "runs" / "compiled")
+    assert not any("_orig_mod" in k or k.startswith("module.") for k in state["model"])
+
+
 def test_batch_average_mode_recalibrates_before_evaluation(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset, epochs=1)
     proc = run("train.py", ["--config", cfg, "norm.using_moving_average=false", "train.recalibrate_batches=3"])
