@@ -18,7 +18,7 @@ import torch
 import norms
 from configs import Config, ConfigError, from_dict, load_config
 from data import build_eval_loader, build_train_loader
-from engine.distributed import all_gather_objects, init_distributed, shutdown
+from engine.distributed import USER_ERRORS, all_gather_objects, error_line, init_distributed, shutdown
 from engine.evaluate import autocast, evaluate
 from engine.setting import statistics_batch
 from models import build_model, load_strict, read_checkpoint, released_sn_options
@@ -84,8 +84,8 @@ def main(argv=None):
         # the training precision, so the numbers equal the trainer's own validation
         metrics = evaluate(model, loader, env.device, precision=cfg.train.precision,
                            keep_logits=bool(args.save_logits))
-    except (ConfigError, ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except USER_ERRORS + (RuntimeError,) as e:  # RuntimeError: e.g. a folder with no readable image
+        print(f"error: {error_line(e)}", file=sys.stderr)
         shutdown()
         return 2
     if args.save_logits:

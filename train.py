@@ -12,8 +12,8 @@ import sys
 
 import yaml
 
-from configs import ConfigError, load_config, to_dict
-from engine.distributed import init_distributed, shutdown
+from configs import load_config, to_dict
+from engine.distributed import USER_ERRORS, error_line, init_distributed, shutdown
 from engine.setting import resolve_setting
 
 
@@ -43,8 +43,8 @@ def main(argv=None):
         from engine.trainer import Trainer  # heavy imports only when training
         env = init_distributed()
         trainer = Trainer(cfg, env, run_dir_for(cfg, args.config))
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except USER_ERRORS as e:  # ConfigError is a ValueError
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
     try:
         trainer.fit()

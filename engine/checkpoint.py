@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from models.checkpoints import load_file
+from models.checkpoints import load_file as load  # weights_only=True; one-line ValueError if unreadable
 
 PATTERN = "checkpoint_{:09d}.pt"
 _STEP = re.compile(r"checkpoint_(\d{9})\.pt$")
@@ -80,11 +80,6 @@ def save_periodic(obj, folder, global_step, keep_last):
     for old in [p for p in list_checkpoints(folder) if step_of(p) <= global_step][keep_last:]:
         os.remove(old)
     return path
-
-
-def load(path):
-    """Load a checkpoint with weights_only=True (no arbitrary code from pickles); ValueError if unreadable."""
-    return load_file(path)
 
 
 def load_newest(folder, log=print):

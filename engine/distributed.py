@@ -40,6 +40,10 @@ def init_distributed(timeout_minutes=30):
     return DistEnv(rank, world, local_rank, device)
 
 
+def _multi_process():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def shutdown():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -47,14 +51,14 @@ def shutdown():
 
 def all_reduce_sum(tensor):
     """Sum a tensor over all ranks in place (a no-op in a single process) and return it."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _multi_process():
         dist.all_reduce(tensor)
     return tensor
 
 
 def all_gather_objects(obj):
     """List of `obj` from every rank, in rank order."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _multi_process():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -63,7 +67,7 @@ def all_gather_objects(obj):
 
 def broadcast_object(obj):
     """Rank 0's `obj` on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _multi_process():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -71,5 +75,13 @@ def broadcast_object(obj):
 
 
 def barrier():
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _multi_process():
         dist.barrier()
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)  # bad input: configs, checkpoints, data folders
+
+
+def error_line(e):
+    """One-line message of a user error (KeyError's str() would add quotes around the whole message)."""
+    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)

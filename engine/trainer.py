@@ -49,6 +49,8 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_top1 = -1.0
         self.bad_images = 0
+        self._saved_step = None
+        self._recal_loader = None
         self._resume()  # before DDP, so every rank starts from the same loaded state
         self.net = self.model
         if env.active:
@@ -100,6 +102,7 @@ class Trainer:
             if best:
                 ckpt.atomic_copy(path, os.path.join(self.run_dir, "best.pt"))
             self.log.info(f"saved {path}{' (best)' if best else ''}")
+        self._saved_step = self.global_step
         barrier()
 
     def _resume(self):
@@ -165,7 +168,8 @@ class Trainer:
         return bool(self.cfg.train.max_iters) and self.global_step >= self.cfg.train.max_iters
 
     def _stop_early(self):
-        self.save()
+        if self._saved_step != self.global_step:  # an epoch-end checkpoint may already hold this step
+            self.save()
         self.log.info(f"stopped at iteration {self.global_step} (train.max_iters); rerun to continue")
         self.log.close()
         return None
@@ -281,8 +285,11 @@ class Trainer:
         so the statistics are those of samples_per_gpu-sample batches, as in training. The RNG is forked
         so that recalibrating does not change the training run.
         """
-        loader = build_train_loader(self.cfg.data, self.setting.per_process, self.env.rank, self.env.world,
-                                    self.cfg.train.seed + 1, num_classes=self.cfg.model.num_classes)
+        if self._recal_loader is None:  # its own sampler, so training's position in the epoch is untouched
+            self._recal_loader = build_train_loader(self.cfg.data, self.setting.per_process, self.env.rank,
+                                                    self.env.world, self.cfg.train.seed + 1,
+                                                    num_classes=self.cfg.model.num_classes)
+        loader = self._recal_loader
         loader.sampler.set_epoch(self.epoch)
         devices = [self.env.device] if self.env.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self._autocast():
