@@ -5,6 +5,8 @@
   python train.py --config CONFIG --dry-run [--world W]  (print the resolved setting and exit)
 
 Rerunning the same command continues from the newest readable checkpoint (checkpoint.resume=auto).
+SIGTERM or SIGUSR1 (Slurm's time-limit signal, preemption) makes every rank stop at the next step,
+write a checkpoint and exit with code 143.
 """
 import argparse
 import os
@@ -15,6 +17,8 @@ import yaml
 from configs import load_config, to_dict
 from engine.distributed import USER_ERRORS, error_line, init_distributed, shutdown
 from engine.setting import resolve_setting
+
+SIGNAL_EXIT = 143  # 128 + SIGTERM: stopped on a signal after writing a checkpoint; rerun to resume
 
 
 def parse_args(argv):
@@ -48,12 +52,16 @@ def main(argv=None):
         return 2
     try:
         trainer.fit()
-    except (FloatingPointError, RuntimeError) as e:
+    except FloatingPointError as e:  # divergence: a result of the experiment, recorded for sweeps and the collector
+        trainer.record_divergence(e)
+        print(f"error (rank {env.rank}): {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
         print(f"error (rank {env.rank}): {e}", file=sys.stderr)
         return 1
     finally:
         shutdown()
-    return 0
+    return SIGNAL_EXIT if trainer.stop_reason == "signal" else 0
 
 
 if __name__ == "__main__":

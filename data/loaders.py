@@ -1,5 +1,6 @@
 """DataLoaders for training and evaluation built from a DataConfig."""
 import os
+import signal
 
 import torch
 
@@ -12,8 +13,14 @@ SYNTHETIC_TRAIN, SYNTHETIC_VAL, SYNTHETIC_CLASSES = 1281, 500, 1000
 
 
 def worker_init(worker_id):
-    """One intra-op thread per worker: the workers already use every core between them."""
+    """One intra-op thread per worker: the workers already use every core between them.
+
+    Workers ignore the stop signals (Slurm may send SIGTERM to every process of a job): the trainer
+    handles them and shuts its workers down; a worker killed first would fail the step instead.
+    """
     torch.set_num_threads(1)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _loader(cfg, dataset, batch_size, sampler, seed):

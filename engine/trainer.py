@@ -3,6 +3,7 @@ import inspect
 import dataclasses
 import os
 import resource
+import signal
 import time
 
 import torch
@@ -51,6 +52,9 @@ class Trainer:
         self.bad_images = 0
         self._saved_step = None
         self._recal_loader = None
+        self._signal = None          # set by _on_signal; acted upon at the next step, on every rank together
+        self.stop_reason = None      # why fit() returned before the last epoch: "max_iters" or "signal"
+        self._start_time = time.perf_counter()
         self._resume()  # before DDP, so every rank starts from the same loaded state
         self.net = self.model
         if env.active:
@@ -142,6 +146,7 @@ class Trainer:
         """Train until train.epochs (or train.max_iters), evaluating and checkpointing on schedule."""
         cfg = self.cfg
         metrics = None
+        _install_stop_handlers(self._on_signal)
         while self.epoch < cfg.train.epochs:
             if not self.train_epoch():
                 return self._stop_early()
@@ -153,13 +158,16 @@ class Trainer:
             if best or last or (cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0):
                 self.save(best=best)
             if self._max_iters_reached() and not last:
+                self.stop_reason = "max_iters"
                 return self._stop_early()
         if metrics is None:  # resumed after the last epoch had finished
             metrics = self.validate()
         if self.env.is_main:
             summary = {k: v for k, v in metrics.items() if not torch.is_tensor(v)}
-            ckpt.atomic_json({**summary, "epochs": self.epoch, "iterations": self.global_step,
-                              "best_top1": self.best_top1, "setting": dataclasses.asdict(self.setting)},
+            ckpt.atomic_json({"status": "finished", **summary, "epochs": self.epoch, "iterations": self.global_step,
+                              "best_top1": self.best_top1, "setting": dataclasses.asdict(self.setting),
+                              "switch_weights": norms.switch_weights(self.model),
+                              "train_time_s": round(time.perf_counter() - self._start_time, 1)},
                              os.path.join(self.run_dir, "final.json"))
         self.log.close()
         return metrics
@@ -170,12 +178,26 @@ class Trainer:
     def _stop_early(self):
         if self._saved_step != self.global_step:  # an epoch-end checkpoint may already hold this step
             self.save()
-        self.log.info(f"stopped at iteration {self.global_step} (train.max_iters); rerun to continue")
+        if self.stop_reason == "signal":
+            self.log.info(f"stopping on signal {signal.Signals(self._signal).name if self._signal else '(other rank)'}: "
+                          f"checkpoint written at iteration {self.global_step}; rerun (or requeue) to resume")
+        else:
+            self.log.info(f"stopped at iteration {self.global_step} (train.max_iters); rerun to continue")
         self.log.close()
         return None
 
+    def _on_signal(self, signum, frame):
+        self._signal = signum
+
+    def record_divergence(self, error):
+        """Rank 0 writes final.json with status 'diverged', so sweeps and the collector report the cell as done."""
+        if self.env.is_main:
+            ckpt.atomic_json({"status": "diverged", "error": str(error), "epochs": self.epoch,
+                              "iterations": self.global_step, "setting": dataclasses.asdict(self.setting)},
+                             os.path.join(self.run_dir, "final.json"))
+
     def train_epoch(self):
-        """Run the rest of the current epoch; False when train.max_iters stopped it early."""
+        """Run the rest of the current epoch; False when train.max_iters or a stop signal ended it early."""
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.model.train()
@@ -189,7 +211,7 @@ class Trainer:
                        self.cfg.schedule, self.cfg.train.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, correct1, correct5 = self.train_step(images, targets, bad)
+            loss, correct1, correct5, stop = self.train_step(images, targets, bad)
             self.step_in_epoch += 1
             self.global_step += 1
             meter["loss"] += loss
@@ -199,7 +221,11 @@ class Trainer:
             meter["steps"] += 1
             if self.global_step % self.cfg.log.print_every == 0:
                 self._log_train(meter, lr)
+            if stop and self.step_in_epoch < self.steps_per_epoch:  # at an epoch's end, validate first
+                self.stop_reason = "signal"
+                return False
             if self._max_iters_reached() and self.step_in_epoch < self.steps_per_epoch:
+                self.stop_reason = "max_iters"
                 return False
             every = self.cfg.checkpoint.every_iters
             if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
@@ -216,7 +242,8 @@ class Trainer:
     def train_step(self, images, targets, bad):
         """Forward, backward, finiteness check across ranks, optimizer step.
 
-        Returns the loss averaged over ranks and the numbers of top-1/top-5 hits summed over ranks.
+        Returns the loss averaged over ranks, the numbers of top-1/top-5 hits summed over ranks, and
+        whether any rank has received a stop signal (SIGTERM/SIGUSR1), so that all ranks stop together.
         """
         device = self.env.device
         images = images.to(device, non_blocking=True)
@@ -236,10 +263,11 @@ class Trainer:
         # fp16 overflow is the scaler's business (it skips the step); anything else non-finite stops the run
         grad_ok = bool(self.scaler) or torch.isfinite(grad_norm)
         top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
-        # one collective and one host sync per step: the guard, bad images and the step's metrics together
+        # one collective and one host sync per step: the guard, bad images, stop signals and the metrics together
+        stop = torch.tensor(float(self._signal is not None), dtype=torch.float64, device=device)
         stats = torch.stack([(~(torch.isfinite(loss.detach()) & grad_ok)).double(), (bad >= 0).sum().double().to(device),
-                             loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double()])
-        nonfinite, bad_total, loss_sum, correct1, correct5 = all_reduce_sum(stats).tolist()
+                             loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double(), stop])
+        nonfinite, bad_total, loss_sum, correct1, correct5, stop = all_reduce_sum(stats).tolist()
         self._check_bad_images(bad, int(bad_total))
         if nonfinite > 0:
             raise FloatingPointError(
@@ -251,7 +279,7 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        return loss_sum / self.env.world, int(correct1), int(correct5)
+        return loss_sum / self.env.world, int(correct1), int(correct5), stop > 0
 
     def _check_bad_images(self, bad, total_new):
         if total_new == 0:
@@ -319,6 +347,14 @@ class Trainer:
         if self.env.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.env.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _install_stop_handlers(handler):
+    """SIGTERM (Slurm preemption, torchrun forwarding) and SIGUSR1 ask for a checkpoint and a clean exit."""
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, handler)
 
 
 def _rank_local_buffers():

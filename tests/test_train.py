@@ -45,6 +45,9 @@ def test_two_process_torchrun_run_writes_everything(tmp_path, dataset):
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tb"))
     final = json.loads((run_dir / "final.json").read_text())
     assert final["images"] == 20 and final["iterations"] == 12 and final["setting"]["stat_groups"] == 2
+    assert final["status"] == "finished" and final["train_time_s"] > 0
+    weights = final["switch_weights"]["layer1.0.bn1"]
+    assert abs(weights["var_in"] + weights["var_ln"] + weights["var_bn"] - 1) < 1e-5
     kinds = {json.loads(line)["kind"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()}
     assert {"train", "val", "epoch", "sn"} <= kinds
     sn = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"sn"' in line][-1]
@@ -88,6 +91,8 @@ def test_nan_guard_stops_all_ranks_and_keeps_last_good_checkpoint(tmp_path, data
     assert "rank 0" in proc.stderr and "rank 1" in proc.stderr
     name, state = final_state(tmp_path / "runs" / "run")
     assert all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())
+    final = json.loads((tmp_path / "runs" / "run" / "final.json").read_text())  # the cell reports what happened
+    assert final["status"] == "diverged" and "non-finite" in final["error"]
 
 
 def test_unreadable_images_are_named_counted_and_limited(tmp_path, dataset):
@@ -191,3 +196,57 @@ def test_command_line_errors(tmp_path, dataset):
     dry = run("train.py", ["--config", cfg, "--dry-run", "--world", "2"])
     assert "setting (4, 2) on 2 process(es): total batch 8, 4 samples per process" in dry.stdout
     assert "stat_groups=2" in dry.stdout and "lr 0.015625" in dry.stdout
+
+
+def _start(args, nproc=0):
+    """train.py as a background process whose stdout can be read line by line."""
+    import subprocess
+    import sys
+    from tests.engine.tiny import REPO
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
+        else [sys.executable]
+    return subprocess.Popen(launcher + [os.path.join(REPO, "train.py")] + list(map(str, args)), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _signal_after_first_step(proc, sig):
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if " iter 1 " in line:
+            proc.send_signal(sig)
+            break
+    lines += proc.stdout.readlines()
+    return proc.wait(timeout=120), "".join(lines)
+
+
+def test_sigusr1_checkpoints_exits_143_and_resume_is_exact(tmp_path, dataset, uninterrupted):
+    import signal
+    cfg = write_config(str(tmp_path), dataset)
+    code, out = _signal_after_first_step(_start(["--config", cfg]), signal.SIGUSR1)
+    assert code == 143, out
+    assert "stopping on signal SIGUSR1: checkpoint written at iteration" in out
+    run_dir = tmp_path / "runs" / "run"
+    assert not (run_dir / "final.json").exists()
+    step = final_state(run_dir)[1]["global_step"]
+    assert 1 <= step < 12
+    second = run("train.py", ["--config", cfg])
+    assert f"iteration {step}" in second.stdout and "resumed from" in second.stdout
+    assert_bitwise_equal(final_state(run_dir)[1], uninterrupted)
+    assert json.loads((run_dir / "final.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_to_torchrun_reaches_every_rank_and_the_run_resumes(tmp_path, dataset):
+    import signal
+    cfg = write_config(str(tmp_path), dataset, epochs=3)
+    code, out = _signal_after_first_step(_start(["--config", cfg], nproc=2), signal.SIGTERM)
+    assert code != 0, out
+    assert "stopping on signal SIGTERM: checkpoint written at iteration" in out
+    run_dir = tmp_path / "runs" / "run"
+    step = final_state(run_dir)[1]["global_step"]
+    assert not (run_dir / "final.json").exists() and 1 <= step < 18
+    second = run("train.py", ["--config", cfg], nproc=2)
+    assert "resumed from" in second.stdout and f"iteration {step}" in second.stdout
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["status"] == "finished" and final["iterations"] == 18
