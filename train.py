@@ -16,7 +16,7 @@ import yaml
 
 from configs import load_config, to_dict
 from engine.distributed import USER_ERRORS, error_line, init_distributed, shutdown
-from engine.setting import resolve_setting
+from engine.setting import apply_setting_rules, resolve_setting
 
 SIGNAL_EXIT = 143  # 128 + SIGTERM: stopped on a signal after writing a checkpoint; rerun to resume
 
@@ -40,8 +40,10 @@ def main(argv=None):
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
             world = args.world or cfg.batch.gpus
+            cfg, notes = apply_setting_rules(cfg)
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
-            print(resolve_setting(cfg.batch, cfg.optim.lr, world).describe())
+            for line in [resolve_setting(cfg.batch, cfg.optim.lr, world).describe()] + notes:
+                print(line)
             print(f"run folder: {run_dir_for(cfg, args.config)}")
             return 0
         from engine.trainer import Trainer  # heavy imports only when training

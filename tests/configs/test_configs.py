@@ -10,7 +10,7 @@ from configs import ConfigError, load_config
 from models import build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "configs"
-SHIPPED = sorted(ROOT.rglob("*.yaml"))
+SHIPPED = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "sweeps")  # sweeps expand to configs
 
 
 def test_configs_are_shipped():
@@ -34,6 +34,23 @@ def test_paper_recipe(norm):
     assert (cfg.batch.gpus, cfg.batch.samples_per_gpu, cfg.batch.total) == (8, 32, 256)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.1, 0.9, 1e-4)
     assert (cfg.schedule.type, cfg.schedule.milestones, cfg.schedule.gamma) == ("step", [30, 60, 90], 0.1)
+
+
+ZOO = {"resnet50_v1_sn_8x32_cosine": (50, "v1", 8, 32, 120, "cosine"),
+       "resnet50_v2_sn_8x32_cosine": (50, "v2", 8, 32, 120, "cosine"),
+       "resnet101_v1_sn_8x32_cosine": (101, "v1", 8, 32, 120, "cosine"),
+       "resnet101_v2_sn_8x32_cosine": (101, "v2", 8, 32, 120, "cosine"),
+       "resnet50_v1_sn_8x4": (50, "v1", 8, 4, 100, "step"),
+       "resnet50_v1_sn_8x1": (50, "v1", 8, 1, 100, "step")}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_model_zoo_recipes(name):
+    cfg = load_config(ROOT / "zoo" / f"{name}.yaml")
+    depth, variant, g, b, epochs, schedule = ZOO[name]
+    assert (cfg.model.depth, cfg.model.variant, cfg.batch.gpus, cfg.batch.samples_per_gpu) == (depth, variant, g, b)
+    assert (cfg.train.epochs, cfg.schedule.type, cfg.norm.type) == (epochs, schedule, "sn")
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.model.dropout) == (0.1, 1e-4, 0.5)
 
 
 def write(tmp_path, name, text):

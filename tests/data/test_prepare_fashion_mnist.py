@@ -108,3 +108,17 @@ def test_real_headers_parse():
     for name, shape in expected.items():
         magic = 0x803 if "images" in name else 0x801
         assert prep.read_idx(prep.find(str(REAL), name), magic, header_only=True) == (shape, None)
+
+
+def test_train_limit_keeps_the_first_images_and_guards_the_folder(tmp_path, capsys):
+    splits = make_source(tmp_path / "src")
+    out = tmp_path / "fm_small"
+    assert prep.main(["--src", str(tmp_path / "src"), "--out", str(out), "--train-limit", "7"]) == 0
+    assert "train 7, val 11" in capsys.readouterr().out
+    images, labels = splits["train"]
+    kept = sorted(p.name for p in (out / "train").rglob("*.png"))
+    assert kept == [f"{i:05d}.png" for i in range(7)]
+    with Image.open(out / "train" / NAMES[labels[6]] / "00006.png") as png:
+        assert np.array_equal(np.array(png), images[6])
+    assert prep.main(["--src", str(tmp_path / "src"), "--out", str(out), "--train-limit", "9"]) == 1
+    assert "holds 7 training images, not --train-limit 9" in capsys.readouterr().err
