@@ -1,11 +1,13 @@
 """Evaluate a checkpoint on a validation folder: top-1, top-5, loss, number of images.
 
   python eval.py CHECKPOINT --data ROOT [--config CONFIG] [section.key=value ...]
+  python eval.py --zoo NAME --data ROOT [--zoo-dir DIR]
   torchrun --nproc_per_node=G eval.py CHECKPOINT --data ROOT ...
 
 CHECKPOINT is this repository's checkpoint (its config picks the architecture), the SN authors'
 released file, a torchvision state_dict or a .safetensors file (architecture from --config and
-overrides; default ResNet-50 v1, with SN for the authors' files).
+overrides; default ResNet-50 v1, with SN for the authors' files). --zoo NAME takes a model of the
+registry models/zoo.yaml: its file from the zoo folder, verified by sha256, and its config.
 """
 import argparse
 import dataclasses
@@ -21,12 +23,15 @@ from data import build_eval_loader, build_train_loader
 from engine.distributed import USER_ERRORS, all_gather_objects, error_line, init_distributed, shutdown
 from engine.evaluate import autocast, evaluate
 from engine.setting import statistics_batch
-from models import build_model, load_strict, read_checkpoint, released_sn_options
+from models import build_model, load_strict, read_checkpoint, released_sn_options, zoo
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint file (or --zoo NAME)")
+    parser.add_argument("--zoo", metavar="NAME", help="evaluate a model of the zoo registry, verified by sha256")
+    parser.add_argument("--zoo-dir", metavar="DIR", help="folder of the zoo files (default: $SN_ZOO_DIR or ./zoo)")
+    parser.add_argument("--zoo-registry", metavar="FILE", default=zoo.REGISTRY, help="default: models/zoo.yaml")
     parser.add_argument("--data", help="dataset root holding the val split (default: the config's data.root)")
     parser.add_argument("--config", help="config for checkpoints that carry none")
     parser.add_argument("--batch-size", type=int, default=100)
@@ -45,6 +50,23 @@ def _non_negative(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def pick_checkpoint(args, warn):
+    """The zoo entry for --zoo NAME (setting args.checkpoint and args.config from it), else None."""
+    if not args.zoo:
+        if args.checkpoint is None:
+            raise ValueError("give a CHECKPOINT file or --zoo NAME")
+        return None
+    if args.checkpoint is not None:
+        if "=" not in args.checkpoint:
+            raise ValueError(f"give either CHECKPOINT ({args.checkpoint}) or --zoo {args.zoo}, not both")
+        args.overrides.insert(0, args.checkpoint)  # with --zoo, argparse takes the first override for CHECKPOINT
+    if args.config:
+        raise ValueError("--zoo takes the config from the registry entry; drop --config")
+    args.checkpoint, entry = zoo.resolve(args.zoo, args.zoo_dir, args.zoo_registry, warn)
+    args.config = zoo.config_path(entry)
+    return entry
 
 
 def resolve_config(args, saved, kind, state):
@@ -70,7 +92,11 @@ def main(argv=None):
     try:
         if args.save_logits and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_logits))):
             raise FileNotFoundError(f"--save-logits: folder of {args.save_logits} does not exist")
+        warn = (lambda line: print(line, file=sys.stderr)) if env.is_main else (lambda line: None)
+        entry = pick_checkpoint(args, warn)
         state, saved, kind = read_checkpoint(args.checkpoint)
+        if saved is None:  # files written by scripts/export_zoo.py carry their resolved config
+            saved = zoo.embedded_config(args.checkpoint)
         cfg = resolve_config(args, saved, kind, state)
         norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
         model = load_strict(build_model(cfg.model, norm), state, f"checkpoint {args.checkpoint}").to(env.device)
@@ -96,14 +122,22 @@ def main(argv=None):
                        args.save_logits)
     if env.is_main:
         summary = {"checkpoint": args.checkpoint, "format": kind, **metrics}
+        if entry:
+            summary.update(zoo=entry["name"], published_top1=entry["top1"], published_top5=entry["top5"])
         if args.json:
             print(json.dumps(summary))
         else:
             print(f"{args.checkpoint} ({kind}): top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
                   f"loss {metrics['loss']:.4f} on {metrics['images']} images"
-                  + (f", {metrics['unreadable']} unreadable skipped" if metrics["unreadable"] else ""))
+                  + (f", {metrics['unreadable']} unreadable skipped" if metrics["unreadable"] else "")
+                  + (f"; published for {entry['name']}: top1 {_pct(entry['top1'])} top5 {_pct(entry['top5'])}"
+                     if entry else ""))
     shutdown()
     return 0
+
+
+def _pct(value):
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""The paper-shaped table: normalizers x (#GPUs, samples per GPU) settings, with difference rows."""
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import published
+
+NORM_ORDER = ("bn", "gn", "sn", "syncbn", "syncsn", "in", "ln")
+LABELS = {"bn": "BN", "gn": "GN", "sn": "SN", "syncbn": "SyncBN", "syncsn": "SyncSN", "in": "IN", "ln": "LN"}
+DIFFERENCES = (("gn", "bn"), ("sn", "bn"), ("sn", "gn"))
+NOT_RUN = "not run"
+WITHOUT_BN_NOTE = "\\* SN without its BN branch (IN and LN only), as the paper ran one sample per GPU."
+# when a cell has several runs, what it shows: a number if any finished, else the first status found here
+STATUS_ORDER = ("running", "diverged")
+
+
+@dataclass
+class Cell:
+    value: Optional[float] = None   # mean of the finished runs' metric
+    n: int = 0                      # finished runs averaged
+    status: str = NOT_RUN
+    without_bn: bool = False
+
+    def text(self, digits=2):
+        if self.value is None:
+            return self.status
+        mark = "*" if self.without_bn else ""
+        return f"{self.value:.{digits}f}{mark}" + (f" (n={self.n})" if self.n > 1 else "")
+
+
+@dataclass
+class Table:
+    heading: str
+    columns: list                   # settings (g, b)
+    rows: list = field(default_factory=list)        # (label, [cell text per column])
+    footnotes: list = field(default_factory=list)
+
+
+def label(norm):
+    return LABELS.get(norm, norm)
+
+
+def norm_order(norms):
+    """The paper's rows first (BN, GN, SN), then the other known types, then anything else sorted."""
+    known = [n for n in NORM_ORDER if n in norms]
+    return known + sorted(set(norms) - set(known))
+
+
+def group_runs(runs):
+    """{ModelKey: runs}, one table per architecture/classes/dataset, in heading order."""
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run.model].append(run)
+    return dict(sorted(groups.items(), key=lambda item: item[0].heading()))
+
+
+def aggregate(runs, metric):
+    """{norm: {setting: Cell}} of one model group: the mean over finished runs, else the most telling status."""
+    found = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        found[run.norm][run.setting].append(run)
+    cells = {}
+    for norm, settings in found.items():
+        cells[norm] = {}
+        for setting, members in settings.items():
+            values = [v for v in (r.metric(metric) for r in members) if v is not None]
+            statuses = [r.status for r in members]
+            if values:
+                cell = Cell(statistics.fmean(values), len(values), "finished",
+                            any(not r.using_bn for r in members if r.status == "finished" and r.norm == "sn"))
+            elif "finished" in statuses:
+                cell = Cell(status=f"no {metric}")
+            else:
+                cell = Cell(status=next((s for s in STATUS_ORDER if s in statuses), statuses[0]))
+            cells[norm][setting] = cell
+    return cells
+
+
+def columns_for(cells):
+    """The paper's settings in its order, then any other setting found, sorted by (#GPUs, samples per GPU)."""
+    found = {s for per_norm in cells.values() for s in per_norm}
+    return list(published.SETTINGS) + sorted(found - set(published.SETTINGS))
+
+
+def difference(a, b):
+    """a - b where both cells hold numbers, else None."""
+    return a.value - b.value if a is not None and b is not None and a.value is not None and b.value is not None \
+        else None
+
+
+def build_table(heading, cells, reference=False):
+    """Rows for every normalizer found (BN, GN, SN always), the difference rows, and optionally the paper's rows."""
+    columns = columns_for(cells)
+    table = Table(heading, columns)
+    for norm in norm_order(set(cells) | {"bn", "gn", "sn"}):
+        row = cells.get(norm, {})
+        table.rows.append((label(norm), [row.get(s, Cell()).text() for s in columns]))
+    for a, b in DIFFERENCES:
+        diffs = [difference(cells.get(a, {}).get(s), cells.get(b, {}).get(s)) for s in columns]
+        table.rows.append((f"{label(a)}-{label(b)}", [_signed(d, 2) for d in diffs]))
+    if any(c.without_bn for per_norm in cells.values() for c in per_norm.values()):
+        table.footnotes.append(WITHOUT_BN_NOTE)
+    if reference:
+        _add_reference(table)
+    return table
+
+
+def paper_table():
+    """The published table alone (for --reference paper with no runs)."""
+    table = Table(f"{published.MODEL} (published)", list(published.SETTINGS))
+    _add_reference(table)
+    return table
+
+
+def _add_reference(table):
+    paper = {norm: dict(zip(published.SETTINGS, values)) for norm, values in published.TOP1.items()}
+    for norm, values in paper.items():
+        table.rows.append((f"{label(norm)} (paper)", [_paper_cell(norm, s, values) for s in table.columns]))
+    for a, b in DIFFERENCES:
+        diffs = []
+        for s in table.columns:
+            va, vb = paper[a].get(s), paper[b].get(s)
+            diffs.append(va - vb if va is not None and vb is not None else None)
+        table.rows.append((f"{label(a)}-{label(b)} (paper)", [_signed(d, 1) for d in diffs]))
+    table.footnotes.append(f"(paper) rows: {published.MODEL}, {published.SOURCE}; \"{published.DID_NOT_CONVERGE}\" "
+                           "is the paper's \"-\"; SN (8,1)\\* had no BN branch.")
+
+
+def _paper_cell(norm, setting, values):
+    if setting not in values:
+        return ""  # a setting the paper did not run
+    value = values[setting]
+    if value is None:
+        return published.DID_NOT_CONVERGE
+    return f"{value:.1f}" + ("*" if (norm, setting) in published.WITHOUT_BN else "")
+
+
+def _signed(value, digits):
+    return "" if value is None else f"{value:+.{digits}f}"
+
+
+def markdown(table):
+    """The table as aligned Markdown (readable as plain text too), heading and footnotes included."""
+    header = [""] + [f"({g},{b})" for g, b in table.columns]
+    lines = [[name] + cells for name, cells in table.rows]
+    widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
+
+    def fmt(row):
+        return "| " + " | ".join(text.ljust(w) for text, w in zip(row, widths)) + " |"
+    out = [f"## {table.heading}", "", fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [fmt(row) for row in lines]
+    if table.footnotes:
+        out += [""] + table.footnotes
+    return "\n".join(out) + "\n"
