@@ -1,0 +1,165 @@
+"""Sweeps and requeueing on a real one-node Slurm cluster (slurmctld, slurmd, munged started for the tests)."""
+import csv
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.engine.tiny import REPO, make_image_folder, write_config
+from tests.scripts.slurm_cluster import LocalSlurm, missing_daemons
+from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_cli, write_sweep
+
+SBATCH_SCRIPT = os.path.join(REPO, "scripts", "slurm", "train.sbatch")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    missing = missing_daemons()
+    if missing:
+        pytest.skip(f"Slurm is not installed ({', '.join(missing)} not found): "
+                    "apt-get install slurm-wlm munge (.ci/run does)")
+    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    slurm.env["PYTHON"] = sys.executable  # the jobs run train.py with the interpreter running the tests
+    try:
+        slurm.start()
+    except Exception as e:  # daemons that do not come up are a failure, with their logs
+        slurm.stop()
+        pytest.fail(f"the local Slurm cluster did not start: {e}", pytrace=False)
+    yield slurm
+    slurm.stop()
+
+
+def wait_for(condition, timeout, what, cluster):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + cluster.log_tails())
+        time.sleep(0.2)
+
+
+def job_fields(cluster, job_id):
+    """scontrol's key=value fields of a job (each array task: a list of dicts)."""
+    text = cluster.client(["scontrol", "show", "job", "-o", job_id]).stdout
+    return [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in text.splitlines() if line.strip()]
+
+
+def test_sweep_submits_a_job_array_that_trains_every_cell_and_feeds_the_table(cluster, tmp_path):
+    sweep = write_sweep(str(tmp_path), norms=("bn", "gn", "sn"), settings=("2x4",))
+    out = tmp_path / "runs"
+    args = [sweep, "--slurm", "--gpus-per-node", "0", "--out", out]
+
+    dry = sweep_cli(args + ["--dry-run"], env=cluster.env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would submit 3 cell(s) on 1 node(s) x 1 process(es)" in dry.stdout and "--cpus-per-task=1" in dry.stdout
+    assert cluster.queue() == [] and not (out / ".sweep").exists()
+
+    proc = sweep_cli(args, env=cluster.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = re.search(r"submitted job array (\d+) \(tiny-1x1, 3 task\(s\)\)", proc.stdout)
+    assert job, proc.stdout
+    job = job[1]
+    pending = sweep_cli(args, env=cluster.env)  # the array is still queued or running: nothing is submitted twice
+    assert pending.returncode == 0 and "submitted" not in pending.stdout, pending.stdout + pending.stderr
+    for i, norm in enumerate(("bn", "gn", "sn")):
+        assert f"skip tiny_{norm}_2x4: Slurm job {job}_{i} is still queued or running" in pending.stdout
+    cluster.wait_empty(300)
+
+    tasks = {int(t["ArrayTaskId"]): t for t in job_fields(cluster, job)}
+    assert sorted(tasks) == [0, 1, 2]
+    finals = {}
+    for i, norm in enumerate(("bn", "gn", "sn")):
+        run = f"tiny_{norm}_2x4"
+        log = out / ".sweep" / "logs" / f"tiny-1x1-{job}_{i}.out"
+        assert (tasks[i]["JobState"], tasks[i]["ExitCode"]) == ("COMPLETED", "0:0"), log.read_text()
+        assert f"array task {i}: cell {run}" in log.read_text()
+        final = finals[norm] = read_final(out / run)
+        # one CPU process for the (2, 4) setting: it emulates both GPUs, total batch 8
+        assert final["status"] == "finished" and final["iterations"] == TRAIN_IMAGES // 8, final
+        assert {k: final["setting"][k] for k in ("gpus", "samples_per_gpu", "world", "stat_groups")} == \
+            {"gpus": 2, "samples_per_gpu": 4, "world": 1, "stat_groups": 2}
+
+    again = sweep_cli(args, env=cluster.env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count(": finished (finished, ") == 3 and "nothing to run" in again.stdout
+    assert "submitted" not in again.stdout and cluster.queue() == []
+
+    table = tmp_path / "table"
+    collect = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "collect_results.py"), str(out),
+                              "--out", str(table)], capture_output=True, text=True, cwd=REPO)
+    assert collect.returncode == 0, collect.stderr
+    with open(table / "results.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    for norm, final in finals.items():
+        row = rows[f"tiny_{norm}_2x4"]
+        assert (row["norm"], row["gpus"], row["samples_per_gpu"], row["status"]) == (norm, "2", "4", "finished")
+        assert float(row["top1"]) == pytest.approx(final["top1"])
+    markdown = (table / "results.md").read_text().splitlines()
+    header = next(l for l in markdown if "(2,4)" in l)
+    column = [c.strip() for c in header.split("|")].index("(2,4)")
+    for norm, final in finals.items():
+        row = next(l for l in markdown if l.startswith(f"| {norm.upper()} "))
+        assert [c.strip() for c in row.split("|")][column] == f"{final['top1']:.2f}"
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_end(cluster, tmp_path):
+    """USR1 to the batch shell (what --signal=B:USR1@300 sends): checkpoint, requeue, resume, finish."""
+    root = make_image_folder(str(tmp_path / "data"))
+    epochs = 20
+    config = write_config(str(tmp_path), root, norm="sn", gpus=2, b=4, epochs=epochs)
+    run_dir = tmp_path / "runs" / "run"
+    procs = min(2, cluster.cpus)
+    log = tmp_path / "job.out"
+    overrides = ["checkpoint.every_iters=10", "checkpoint.every_epochs=0", "train.eval_every=10",
+                 "log.print_every=20", "log.tensorboard=false"]
+    job = cluster.client(["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=1", f"--cpus-per-task={procs}",
+                          f"--output={log}", f"--export=ALL,PROCS_PER_NODE={procs}", SBATCH_SCRIPT, config,
+                          *overrides], cwd=REPO).stdout.strip()  # REPO defaults to the submit directory
+
+    def first_checkpoint():
+        if not cluster.queue():
+            raise AssertionError("the job ended before its first checkpoint:\n" + log.read_text())
+        return glob.glob(str(run_dir / "checkpoint_*.pt"))
+    wait_for(first_checkpoint, 180, "the first checkpoint", cluster)
+    cluster.client(["scancel", "--signal=USR1", "--batch", job])
+    wait_for(lambda: (run_dir / "final.json").exists() and not cluster.queue(), 240, "the requeued run to finish",
+             cluster)
+
+    text = log.read_text()
+    [fields] = job_fields(cluster, job)
+    assert (fields["JobState"], fields["Restarts"], fields["ExitCode"]) == ("COMPLETED", "1", "0:0"), text
+    assert "train.sbatch: got SIGUSR1" in text and f"requeueing job {job}" in text
+    stopped = re.findall(r"stopping on signal SIG\w+: checkpoint written at iteration (\d+)", text)
+    resumed = re.findall(r"resumed from (\S+): epoch \d+, iteration (\d+)", text)
+    assert len(stopped) == 1 and len(resumed) == 1, text
+    assert resumed[0] == (str(run_dir / f"checkpoint_{int(stopped[0]):09d}.pt"), stopped[0])
+    assert 10 <= int(stopped[0]) < epochs * TRAIN_IMAGES // 8
+    assert text.index("(restart 0)") < text.index("got SIGUSR1") < text.index("(restart 1)") \
+        < text.index("resumed from")
+    final = read_final(run_dir)
+    assert final["status"] == "finished" and final["iterations"] == epochs * TRAIN_IMAGES // 8
+    assert final["setting"]["world"] == procs
+
+
+def test_failed_runs_are_not_requeued_and_finished_runs_not_rerun(cluster, tmp_path):
+    root = make_image_folder(str(tmp_path / "data"))
+    config = write_config(str(tmp_path), root, norm="bn", gpus=2, b=4, epochs=1)
+    done_dir = tmp_path / "runs" / "done"
+    os.makedirs(done_dir)
+    (done_dir / "final.json").write_text('{"status": "finished"}')
+    jobs = {}
+    for case, extra in (("failed", ["data.root=" + str(tmp_path / "missing")]), ("bad_config", ["optim.lrr=1"]),
+                        ("done", ["log.name=done"])):
+        jobs[case] = cluster.client(["sbatch", "--parsable", f"--output={tmp_path / case}.out", SBATCH_SCRIPT, config,
+                                     *extra], cwd=REPO).stdout.strip()
+    cluster.wait_empty(180)
+    logs = {case: (tmp_path / f"{case}.out").read_text() for case in jobs}
+    states = {case: job_fields(cluster, job)[0] for case, job in jobs.items()}
+    for case in ("failed", "bad_config"):
+        assert (states[case]["JobState"], states[case]["Restarts"]) == ("FAILED", "0"), logs[case]
+    assert "train.sbatch: error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?" in logs["bad_config"]
+    assert states["done"]["JobState"] == "COMPLETED" and "the run is finished, nothing to do" in logs["done"]
+    assert not glob.glob(str(done_dir / "checkpoint_*.pt"))
