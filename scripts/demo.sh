@@ -7,17 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh
-SRC=/usr/share/datasets/fashion-mnist
-if [ ! -d "$SRC" ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "demo: installing Debian's dataset-fashion-mnist"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    echo "demo: Fashion-MNIST is missing: sudo apt-get install dataset-fashion-mnist" >&2
-    exit 1
-  fi
-fi
-.venv/bin/python scripts/prepare_fashion_mnist.py --src "$SRC" --out data/fashion_mnist
+bash scripts/get_fashion_mnist.sh data/fashion_mnist
 CONFIG=configs/demo/fashion_mnist_sn_8x4.yaml
 RUN=runs/demo_fashion_mnist_sn_8x4
 OMP_NUM_THREADS=1 .venv/bin/torchrun --standalone --nproc_per_node=2 train.py --config "$CONFIG" "$@"

@@ -19,7 +19,7 @@ sys.path.insert(0, REPO)
 
 from configs import ConfigError  # noqa: E402
 from engine import sweep as sw  # noqa: E402
-from engine.setting import resolve_setting  # noqa: E402
+from engine.setting import apply_setting_rules, resolve_setting  # noqa: E402
 
 
 def parse_args(argv):
@@ -88,7 +88,8 @@ def run(args):
         elif cell.run_name in queued:
             print(f"skip {cell.run_name}: Slurm job {queued[cell.run_name]} is still queued or running")
         else:
-            todo.append((cell, shape, resolve_setting(cfg.batch, cfg.optim.lr, world).describe()))
+            cfg, notes = apply_setting_rules(cfg)
+            todo.append((cell, shape, "; ".join([resolve_setting(cfg.batch, cfg.optim.lr, world).describe()] + notes)))
     if not todo:
         print("nothing to run")
         return 0
