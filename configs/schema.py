@@ -30,6 +30,8 @@ class NormConfig:
     groups: int = spec(32, gt=0)                        # gn only
     using_moving_average: bool = True                   # sn/syncsn; false: recalibrate after training
     using_bn: bool = True                               # sn/syncsn; false: IN+LN only
+    impl: Literal["auto", "reference", "fused"] = "auto"  # sn/syncsn/gn/in/ln: fused kernels (Triton on
+                                                        # CUDA), the reference code, or auto: the faster there
 
 
 @dataclass

@@ -4,6 +4,8 @@ import inspect
 import torch.nn as nn
 
 from .batchnorm import BatchNorm2d, SyncBatchNorm2d
+from .fused import check_impl
+from .groupnorm import GroupNorm2d
 from .switchable import SwitchNorm2d, SyncSwitchNorm2d
 
 _REGISTRY = {}
@@ -48,33 +50,35 @@ def _syncbn(c, zero_init, eps=1e-5, momentum=None, stat_groups=1):
 
 
 @register_norm("sn")
-def _sn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, stat_groups=1):
+def _sn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, stat_groups=1,
+        impl="auto"):
     return SwitchNorm2d(c, eps, 0.003 if momentum is None else momentum, using_moving_average,
-                        using_bn, last_gamma=zero_init, stat_groups=stat_groups)
+                        using_bn, last_gamma=zero_init, stat_groups=stat_groups, impl=impl)
 
 
 @register_norm("syncsn")
-def _syncsn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, stat_groups=1):
+def _syncsn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, stat_groups=1,
+            impl="auto"):
     return SyncSwitchNorm2d(c, eps, 0.003 if momentum is None else momentum, using_moving_average,
-                            using_bn, last_gamma=zero_init)
+                            using_bn, last_gamma=zero_init, impl=impl)
 
 
 @register_norm("gn")
-def _gn(c, zero_init, eps=1e-5, groups=32, stat_groups=1):
+def _gn(c, zero_init, eps=1e-5, groups=32, stat_groups=1, impl="auto"):
     if c % groups:
         return InvalidNorm(f"GroupNorm with groups={groups} needs a channel count divisible by "
                            f"{groups}, got {c}; set norm.groups to a divisor of {c}")
-    return _zero_gamma(nn.GroupNorm(groups, c, eps), zero_init)
+    return _zero_gamma(GroupNorm2d(groups, c, eps, impl=impl), zero_init)
 
 
 @register_norm("in")
-def _in(c, zero_init, eps=1e-5, stat_groups=1):
-    return _zero_gamma(nn.GroupNorm(c, c, eps), zero_init)
+def _in(c, zero_init, eps=1e-5, stat_groups=1, impl="auto"):
+    return _zero_gamma(GroupNorm2d(c, c, eps, impl=impl), zero_init)
 
 
 @register_norm("ln")
-def _ln(c, zero_init, eps=1e-5, stat_groups=1):
-    return _zero_gamma(nn.GroupNorm(1, c, eps), zero_init)
+def _ln(c, zero_init, eps=1e-5, stat_groups=1, impl="auto"):
+    return _zero_gamma(GroupNorm2d(1, c, eps, impl=impl), zero_init)
 
 
 class InvalidNorm(nn.Module):
@@ -116,10 +120,13 @@ def build_norm(type, **options):
     Options a type does not use must keep their default value (`stat_groups` is accepted by
     all: per-sample norms and the synchronized ones are unaffected by it), so a setting that
     would be silently ignored is an error instead. momentum=None means the type's default
-    (BN 0.1, SN 0.003, PyTorch's convention).
+    (BN 0.1, SN 0.003, PyTorch's convention). impl ('auto', 'reference', 'fused'; sn, syncsn,
+    gn, in, ln) picks the fused kernels or the reference code, see norms.fused.
     """
     if type not in _REGISTRY:
         raise ValueError(f"unknown norm type '{type}'; choose one of {available_norms()}")
+    if "impl" in options:
+        check_impl(options["impl"], f"norm '{type}'")
     builder = _REGISTRY[type]
     accepted = _options(builder)
     defaults = {}

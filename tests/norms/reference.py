@@ -42,3 +42,28 @@ def switch_norm(x, weight, bias, mean_logits, var_logits, running_mean=None, run
     y = (flat - mean) / (var + eps).sqrt()
     y = y.reshape(n, c, h, w) * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)
     return y, new_rm, new_rv
+
+
+def nc_moments(x):
+    """Float64 per-(n, c) mean and biased variance over H, W, by the two-pass definition."""
+    flat = x.double().reshape(x.shape[0], x.shape[1], -1)
+    mean = flat.sum(-1) / flat.shape[-1]
+    return mean, ((flat - mean[..., None]) ** 2).sum(-1) / flat.shape[-1]
+
+
+def nc_apply(x, m, scale, shift):
+    """Float64 (x - m) * scale + shift with per-(n, c) coefficients."""
+    c = [t.double()[..., None, None] for t in (m, scale, shift)]
+    return (x.double() - c[0]) * c[1] + c[2]
+
+
+def nc_grad_sums(x, dy, m):
+    """Float64 per-(n, c) sums of dy and of dy * (x - m) over H, W."""
+    dy = dy.double()
+    return dy.sum((2, 3)), (dy * (x.double() - m.double()[..., None, None])).sum((2, 3))
+
+
+def nc_grad_input(x, dy, m, scale, k1, k0):
+    """Float64 scale * dy + k1 * (x - m) + k0 with per-(n, c) coefficients."""
+    c = [t.double()[..., None, None] for t in (m, scale, k1, k0)]
+    return c[1] * dy.double() + c[2] * (x.double() - c[0]) + c[3]

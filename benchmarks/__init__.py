@@ -1,0 +1,1 @@
+"""Benchmark harness behind scripts/benchmark.py: norm layers, whole network, input pipeline."""

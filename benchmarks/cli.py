@@ -1,0 +1,169 @@
+"""Command line of scripts/benchmark.py: defaults per device, the three sections, tables and JSON."""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from . import layers, network, pipeline, report, shapes, timing, variants
+
+SECTIONS = ("layers", "network", "pipeline")
+# Per device (and --quick) defaults: the full matrix on CUDA, a few minutes on a 2-core CPU, seconds for tests.
+DEFAULTS = {
+    "cuda": dict(layer_batch=[32, 256], shape_size=224, precision=["fp32", "bf16"], repeats=10, warmup=3,
+                 copy_mb=1024, min_sample_s=2e-3, depth=50, image_size=224, batch=[32, 256],
+                 pipeline_images=2048, pipeline_unique=256, pipeline_batch=32, pipeline_repeats=3),
+    "cpu": dict(layer_batch=[8], shape_size=224, precision=["fp32", "bf16"], repeats=5, warmup=1, copy_mb=256,
+                min_sample_s=0.0, depth=50, image_size=112, batch=[8], pipeline_images=256, pipeline_unique=256,
+                pipeline_batch=32, pipeline_repeats=3),
+    "quick": dict(layer_batch=[2], shape_size=64, precision=["fp32", "bf16"], repeats=1, warmup=1, copy_mb=8,
+                  min_sample_s=0.0, depth=18, image_size=32, batch=[2], pipeline_images=16, pipeline_unique=4,
+                  pipeline_batch=4, pipeline_repeats=1, workers=[0, 1]),
+}
+
+
+def _list(kind, choices=None):
+    def parse(text):
+        items = [kind(t) for t in text.split(",") if t]
+        bad = [i for i in items if choices is not None and i not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {sorted(choices)}"
+                                             if choices else f"{text!r}: give a comma-separated list")
+        if kind is int and min(items) < 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: values must be >= 0")
+        return items
+    return parse
+
+
+def parser():
+    p = argparse.ArgumentParser(description="Benchmark norm layers, whole-network training and the input "
+                                "pipeline; prints tables, --json writes every raw median and ratio.")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--what", type=_list(str, SECTIONS), default=list(SECTIONS), help="sections, e.g. layers,network")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat (for tests)")
+    p.add_argument("--repeats", type=int, help="timed repeats per variant (median reported)")
+    p.add_argument("--warmup", type=int, help="untimed calls per variant before timing")
+    p.add_argument("--json", metavar="PATH", help="write all results here")
+    p.add_argument("--variants", type=_list(str, variants.VARIANTS), default=list(variants.VARIANTS))
+    p.add_argument("--precision", type=_list(str, layers.PRECISIONS), help="fp32,bf16 (bf16: autocast)")
+    p.add_argument("--layout", type=_list(str, layers.LAYOUTS), default=list(layers.LAYOUTS))
+    p.add_argument("--channels-last", action="store_true", help="same as --layout channels_last")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (network section)")
+    g = p.add_argument_group("layers")
+    g.add_argument("--layer-batch", type=_list(int), help="samples per GPU N of the layer inputs")
+    g.add_argument("--shape-size", type=int, help="image size at which ResNet-50's norm input shapes are taken")
+    g.add_argument("--copy-mb", type=int, help="size of the tensor copied to measure the copy rate")
+    g = p.add_argument_group("network")
+    g.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152])
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--batch", type=_list(int), help="images per step")
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--workers", type=_list(int), help="DataLoader worker counts to compare")
+    g.add_argument("--pipeline-images", type=int, help="files in the generated folder")
+    g.add_argument("--pipeline-unique", type=int, help="distinct JPEGs among them (the rest are hard links)")
+    g.add_argument("--pipeline-batch", type=int)
+    g.add_argument("--pipeline-repeats", type=int, help="passes over the folder per worker count (median)")
+    g.add_argument("--crop", type=int, default=224)
+    g.add_argument("--cache-dir", default=pipeline.default_cache_dir(), help="where the JPEG folder is kept")
+    return p
+
+
+def settings(args):
+    """args with every unset option filled from the device's (or --quick's) defaults; raises ValueError on misuse."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False (no GPU or a CPU-only torch); "
+                         "use --device cpu")
+    defaults = dict(DEFAULTS["quick" if args.quick else args.device])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    defaults.setdefault("workers", sorted({max(1, cpus // 2), cpus}))
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.channels_last:
+        args.layout = ["channels_last"]
+    if variants.BASELINE not in args.variants:
+        raise ValueError(f"--variants must include {variants.BASELINE}: every ratio is taken against it")
+    for key in ("repeats", "shape_size", "copy_mb", "image_size", "pipeline_images", "pipeline_unique",
+                "pipeline_batch", "pipeline_repeats", "crop"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.warmup < 1:
+        raise ValueError(f"--warmup must be >= 1 (the first call allocates and compiles), got {args.warmup}")
+    if 0 in args.layer_batch or 0 in args.batch:
+        raise ValueError("--layer-batch and --batch need values >= 1")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise ValueError(f"--json {args.json}: its folder does not exist; create it or choose another path")
+    return args
+
+
+_START = time.perf_counter()
+
+
+def progress(message):
+    print(f"[{time.perf_counter() - _START:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def run(args):
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # an explicit index for nvJPEG and the events
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # as the trainer does
+    clock = timing.clock_for(device)
+    resolved = variants.resolve_all(args.variants)
+    factories = {n: v["factory"] for n, v in resolved.items() if v["factory"]}
+    env = report.environment(device)
+    print(report.header(env))
+    for name, v in resolved.items():
+        print(f"  {name}: {v.get('description') or v.get('reason')}")
+    out = {"environment": env, "settings": {k: v for k, v in vars(args).items()},
+           "variants": variants.describe(resolved)}
+    if "layers" in args.what:
+        progress("layers: measuring the copy rate")
+        copy = timing.copy_rate(device, args.copy_mb * 2**20, clock, max(args.repeats, 3), args.warmup)
+        found = shapes.norm_input_shapes(50, args.shape_size)
+        runs = layers.run_layers(device, found, args.layer_batch, args.precision, args.layout, factories, clock,
+                                 args.repeats, args.warmup, args.min_sample_s, copy["bytes_per_s"], progress)
+        out["layers"] = {"shape_source": f"forward hooks on the norm layers of models.ResNet(50, 'v1') at "
+                                         f"{args.shape_size} px, batch 1", "repeats": args.repeats,
+                         "variants": list(factories), "copy": copy,
+                         "shapes": [{"chw": list(s), "count": c} for s, c in found], "runs": runs}
+        print("\n" + report.layers_text(out["layers"]))
+    if "network" in args.what:
+        runs = network.run_network(device, factories, args.depth, args.image_size, args.batch, args.precision,
+                                   args.layout, args.compile, clock, args.repeats, args.warmup, progress)
+        out["network"] = {"repeats": args.repeats, "runs": runs}
+        print("\n" + report.network_text(out["network"]))
+    if "pipeline" in args.what:
+        # One warm-up pass is enough here: it fills the page cache and starts nvJPEG; nothing is compiled.
+        out["pipeline"] = pipeline.run_pipeline(device, args.cache_dir, args.pipeline_images, args.pipeline_unique,
+                                                args.pipeline_batch, args.crop, args.workers, clock,
+                                                args.pipeline_repeats, 1, progress)
+        print("\n" + report.pipeline_text(out["pipeline"]))
+    progress("done")
+    return out
+
+
+def write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args = settings(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = run(args)
+    if args.json:
+        write_json(args.json, out)
+        print(f"\nwrote {args.json}")
+    return 0

@@ -1,0 +1,42 @@
+"""Per-(n, c) primitives of the fused norms: Triton kernels on CUDA, plain torch ops elsewhere.
+
+`backend(x)` returns a module with nc_moments, nc_apply, nc_grad_sums and nc_grad_input. Triton is
+imported only on first use, and a missing Triton leaves the torch-op path working. With
+TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's interpreter
+(how CI tests them without a GPU); the variable must be set before the kernels are first imported.
+"""
+import importlib.util
+import os
+
+from . import eager
+
+_triton_nc = None
+
+
+def triton_available():
+    return importlib.util.find_spec("triton") is not None
+
+
+def _kernels():
+    global _triton_nc
+    if _triton_nc is None:
+        from . import triton_nc
+        _triton_nc = triton_nc
+    return _triton_nc
+
+
+def wants_triton(x):
+    """True where the Triton kernels can run x: CUDA tensors, or any tensor under TRITON_INTERPRET=1."""
+    if x.numel() == 0 or not triton_available():
+        return False  # an empty batch (a rank without samples) has nothing to launch
+    if x.is_cuda:
+        return True
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    # kernels decorated without the interpreter (imported earlier for CUDA) cannot run CPU tensors
+    return _triton_nc is None or _triton_nc.INTERPRETED
+
+
+def backend(x):
+    """The primitives for tensor x: Triton kernels where they can run it, otherwise the torch ops."""
+    return _kernels() if wants_triton(x) else eager
