@@ -37,6 +37,14 @@ def atomic_write(path, write):
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a kill interrupted (only one run writes a folder); return them."""
+    stale = sorted(glob.glob(os.path.join(folder, ".tmp-*")))
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)

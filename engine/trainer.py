@@ -112,6 +112,9 @@ class Trainer:
     def _resume(self):
         """Rank 0 picks the checkpoint (resume=auto: newest readable) and every rank loads that same file."""
         target = self.cfg.checkpoint.resume
+        if self.env.is_main:
+            for path in ckpt.remove_stale_temporaries(self.run_dir):
+                self.log.info(f"removed {path}: a checkpoint write interrupted by a kill")
         if target == "none":
             return
         state = None
@@ -149,6 +152,9 @@ class Trainer:
         _install_stop_handlers(self._on_signal)
         while self.epoch < cfg.train.epochs:
             if not self.train_epoch():
+                return self._stop_early()
+            if self._stop_requested():  # a signal during the epoch's last steps: no time to validate first
+                self.stop_reason = "signal"
                 return self._stop_early()
             last = self.epoch == cfg.train.epochs
             metrics = self.validate() if last or self.epoch % cfg.train.eval_every == 0 else None
@@ -188,6 +194,11 @@ class Trainer:
 
     def _on_signal(self, signum, frame):
         self._signal = signum
+
+    def _stop_requested(self):
+        """True on every rank when any rank has received a stop signal (one small all-reduce)."""
+        flag = torch.tensor([float(self._signal is not None)], dtype=torch.float64, device=self.env.device)
+        return all_reduce_sum(flag).item() > 0
 
     def record_divergence(self, error):
         """Rank 0 writes final.json with status 'diverged', so sweeps and the collector report the cell as done."""

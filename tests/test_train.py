@@ -250,3 +250,30 @@ def test_sigterm_to_torchrun_reaches_every_rank_and_the_run_resumes(tmp_path, da
     assert "resumed from" in second.stdout and f"iteration {step}" in second.stdout
     final = json.loads((run_dir / "final.json").read_text())
     assert final["status"] == "finished" and final["iterations"] == 18
+
+
+def test_signal_in_an_epochs_last_steps_skips_validation_and_checkpoints(tmp_path, dataset, monkeypatch):
+    """In-process Trainer; the signal's arrival right at an epoch's end is simulated by wrapping train_epoch."""
+    import signal
+    from configs import load_config
+    from engine.distributed import init_distributed
+    from engine.trainer import Trainer
+    cfg = load_config(write_config(str(tmp_path), dataset, epochs=2))
+    run_dir = str(tmp_path / "runs" / "run")
+    os.makedirs(run_dir)
+    (tmp_path / "runs" / "run" / ".tmp-killedwrite").write_bytes(b"partial")
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
+    trainer = Trainer(cfg, init_distributed(), run_dir)
+    assert not (tmp_path / "runs" / "run" / ".tmp-killedwrite").exists()  # a killed write's leftovers go
+    original = trainer.train_epoch
+
+    def epoch_then_signal():
+        done = original()
+        trainer._on_signal(signal.SIGUSR1, None)
+        return done
+    trainer.train_epoch = epoch_then_signal
+    assert trainer.fit() is None and trainer.stop_reason == "signal"
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "val" not in kinds
+    name, state = final_state(tmp_path / "runs" / "run")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 6)

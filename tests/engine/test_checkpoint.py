@@ -49,3 +49,12 @@ def test_weights_only_refuses_code(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(Exception):
         ckpt.load(path)
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    from engine.checkpoint import remove_stale_temporaries
+    (tmp_path / ".tmp-abc").write_bytes(b"x")
+    (tmp_path / "checkpoint_000000001.pt").write_bytes(b"keep")
+    (tmp_path / "notes.tmp").write_bytes(b"keep")
+    assert remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / ".tmp-abc")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000000001.pt", "notes.tmp"]
