@@ -21,11 +21,14 @@ def collect(runs_dir, out=None, metric="top1", reference=None, sn_run=None, log=
     if not runs and not with_reference:
         raise ResultsError(f"no runs under {runs_dir} (a run is a folder holding config.yaml); "
                            "add --reference paper to print the published table alone")
-    groups = [(key.heading(), aggregate(members, metric)) for key, members in group_runs(runs).items()]
-    tables = [build_table(h, cells, with_reference) for h, cells in groups] or [paper_table()]
+    groups = [(key, aggregate(members, metric)) for key, members in group_runs(runs).items()]
+    tables = [build_table(key.heading(), cells, with_reference, key.paper_model) for key, cells in groups] \
+        or [paper_table()]
     what = "final-epoch" if metric == "top1" else "best-epoch"
     text = (f"# Results\n\n{what} {metric} (%) on the validation set, from {len(runs)} run(s) in {runs_dir}. "
-            "Columns are (#GPUs, samples per GPU); a cell with several finished runs shows their mean (n=...).\n\n"
+            "Columns are (#GPUs, samples per GPU); a cell with several finished runs shows their mean (n=...); "
+            "`incomplete`: no final.json yet (running, queued, stopped or crashed); `diverged`: non-finite loss; "
+            "`not run`: no run folder.\n\n"
             + "\n".join(markdown(t) for t in tables))
     out = out or runs_dir
     os.makedirs(out, exist_ok=True)
@@ -39,6 +42,7 @@ def collect(runs_dir, out=None, metric="top1", reference=None, sn_run=None, log=
     for name, run in _importance_runs(runs, sn_run).items():
         plots.plot_importance(run.name, run.switch_weights, os.path.join(out, name))
         written.append(name)
+        log(f"{name}: SN importance weights of run {run.name}")
     if not any(n.startswith("sn_importance") for n in written):
         log("note: no finished SN run with switch weights in final.json: no sn_importance.png")
     log(f"wrote {', '.join(written)} to {out}")
@@ -73,11 +77,13 @@ def csv_text(runs, reference):
 
 
 def _importance_runs(runs, choice):
-    """{file name: run}: the chosen SN run (default: the first in the paper's column order), or all with 'all'."""
+    """{file name: run}: the chosen SN run, or all with 'all'.
+
+    By default the run with the most samples per GPU (then the most GPUs, then by name): its BN branch sees the
+    largest batches, as the paper's (8,32) figure."""
     candidates = [r for r in runs if r.norm in SN_TYPES and r.status == "finished" and r.switch_weights]
     if choice is None:
-        order = {s: i for i, s in enumerate(published.SETTINGS)}
-        candidates.sort(key=lambda r: (order.get(r.setting, len(order)), r.name))
+        candidates.sort(key=lambda r: (-r.samples_per_gpu, -r.gpus, r.name))
         return {"sn_importance.png": candidates[0]} if candidates else {}
     if choice == "all":
         return {f"sn_importance_{re.sub(r'[^A-Za-z0-9._-]+', '_', r.name)}.png": r for r in candidates}

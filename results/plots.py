@@ -9,68 +9,91 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import published  # noqa: E402
 from .table import label, norm_order  # noqa: E402
 
-LINE_GPUS = 8  # the paper's main sweep: 8 GPUs, samples per GPU varied; other GPU counts are separate markers
+PAPER_LINE_GPUS = 8  # the paper's sweep: 8 GPUs, samples per GPU varied (the total batch shrinks with it)
 COLORS = {"bn": "tab:blue", "gn": "tab:green", "sn": "tab:red", "syncbn": "tab:purple", "syncsn": "tab:orange",
           "in": "tab:brown", "ln": "tab:gray"}
 OTHER_GPU_MARKERS = "s^Dv<>ph"
+LINE_STYLES = ("-", "-.", ":", (0, (5, 1, 1, 1)))  # one per total batch when a panel has several
 BRANCH_COLORS = {"in": "#4c72b0", "ln": "#55a868", "bn": "#c44e52"}
 
 
 def plot_accuracy(groups, path, metric, reference=False):
-    """One panel per model group; `groups` is [(heading, {norm: {setting: Cell}})]."""
-    panels = groups or [(f"{published.MODEL} (published)", {})]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 4.2 * len(panels)), squeeze=False)
-    for ax, (heading, cells) in zip(axes[:, 0], panels):
-        _accuracy_panel(ax, heading, cells, metric, reference)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    """One panel per model group; `groups` is [(ModelKey, {norm: {setting: Cell}})]."""
+    fig = accuracy_figure(groups, metric, reference)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight": the legends sit outside the axes
     plt.close(fig)
 
 
-def _accuracy_panel(ax, heading, cells, metric, reference):
-    other_gpus = sorted({g for per_norm in cells.values() for (g, _), c in per_norm.items()
-                         if g != LINE_GPUS and c.value is not None}
-                        | ({g for g, _ in published.SETTINGS if g != LINE_GPUS} if reference else set()))
+def accuracy_figure(groups, metric, reference=False):
+    """plot_accuracy's figure: the paper's model joins its 8-GPU points, any other model its equal total batches."""
+    panels = [(key.heading(), cells, key.paper_model) for key, cells in groups] or \
+        [(f"{published.MODEL} (published)", {}, True)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 4.2 * len(panels)), squeeze=False)
+    for ax, (heading, cells, by_gpus) in zip(axes[:, 0], panels):
+        _accuracy_panel(ax, heading, cells, metric, reference, by_gpus)
+    fig.tight_layout()
+    return fig
+
+
+def split_lines(points, by_gpus):
+    """({line key: [(b, value)] by b}, [(g, b, value)] off the lines) of {(g, b): value}.
+
+    by_gpus: one line, the paper's 8-GPU points (key 8). Else a line per total batch g*b holding two or more points:
+    there the settings differ only in how many samples each GPU's statistics see."""
+    by_key = {}
+    for (g, b), value in points.items():
+        by_key.setdefault(g if by_gpus else g * b, []).append((g, b, value))
+    lines, rest = {}, []
+    for key, members in sorted(by_key.items(), reverse=True):
+        if (key == PAPER_LINE_GPUS) if by_gpus else (len(members) > 1):
+            lines[key] = sorted((b, value) for _, b, value in members)
+        else:
+            rest += members
+    return lines, sorted(rest)
+
+
+def _accuracy_panel(ax, heading, cells, metric, reference, by_gpus):
+    # (norm, legend name, {(g, b): value}, ours, lines by GPU count) per normalizer
+    series = [(norm, label(norm), {s: c.value for s, c in cells[norm].items() if c.value is not None}, True, by_gpus)
+              for norm in norm_order(cells)]
+    if reference:  # the published points keep the paper's own lines (8 GPUs)
+        series += [(norm, f"{label(norm)} (paper)", {s: v for s, v in zip(published.SETTINGS, values) if v is not None},
+                    False, True) for norm, values in published.TOP1.items()]
+    series = [(norm, name, points, ours, gpus, *split_lines(points, gpus))
+              for norm, name, points, ours, gpus in series if points]
+    other_gpus = sorted({g for *_, rest in series for g, _, _ in rest})
     markers = {g: OTHER_GPU_MARKERS[i % len(OTHER_GPU_MARKERS)] for i, g in enumerate(other_gpus)}
+    totals = sorted({key for *_, gpus, lines, _ in series if not gpus for key in lines}, reverse=True)
     ticks = set()
-    for norm in norm_order(cells):
-        points = {s: c.value for s, c in cells[norm].items() if c.value is not None}
+    for norm, name, points, ours, gpus, lines, rest in series:
         ticks |= {b for _, b in points}
-        _series(ax, norm, points, markers, label(norm), filled=True)
-    if reference:
-        for norm, values in published.TOP1.items():
-            points = {s: v for s, v in zip(published.SETTINGS, values) if v is not None}
-            ticks |= {b for _, b in points}
-            _series(ax, norm, points, markers, f"{label(norm)} (paper)", filled=False)
-    for g, marker in markers.items():  # legend entries explaining the non-line markers
-        ax.plot([], [], marker, color="black", fillstyle="none", linestyle="none", label=f"{g} GPU(s), not on the lines")
+        style = dict(color=COLORS.get(norm, "black"), fillstyle="full" if ours else "none", alpha=1.0 if ours else 0.6)
+        for key, line in lines.items():
+            what = f"{key} GPUs" if gpus else f"total batch {key}"
+            linestyle = "--" if not ours else "-" if gpus else LINE_STYLES[totals.index(key) % len(LINE_STYLES)]
+            ax.plot(*zip(*line), marker="o", linestyle=linestyle, label=f"{name}, {what}", **style)
+        if not lines:  # the normalizer still gets a legend entry for its colour
+            ax.plot([], [], "o", linestyle="none", label=name, **style)
+        for g, b, value in rest:
+            ax.plot([b], [value], markers[g], linestyle="none", **style)
+            if ours:  # the paper's points share positions; the legend explains their markers
+                ax.annotate(f"({g},{b})", (b, value), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=style["color"])
+    for g, marker in markers.items():  # legend entries explaining the off-line markers
+        ax.plot([], [], marker, color="black", fillstyle="none", linestyle="none", label=f"{g} GPU(s), off the lines")
     ax.set_xscale("log", base=2)
     if ticks:
         ax.set_xticks(sorted(ticks), [str(b) for b in sorted(ticks)])
         ax.set_xlim(min(ticks) / math.sqrt(2), max(ticks) * math.sqrt(2))
     ax.minorticks_off()
-    ax.set_xlabel("samples per GPU (log2); lines: 8 GPUs")
+    ax.set_xlabel("samples per GPU (log2 axis)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(heading, fontsize=10)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # outside the axes: never hides a point
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-
-
-def _series(ax, norm, points, markers, name, filled):
-    if not points:
-        return
-    style = dict(color=COLORS.get(norm, "black"), fillstyle="full" if filled else "none", alpha=1.0 if filled else 0.6)
-    line = sorted((b, v) for (g, b), v in points.items() if g == LINE_GPUS)
-    ax.plot(*(zip(*line) if line else ([], [])), "o-" if filled else "o--", label=name, **style)
-    for (g, b), v in sorted(points.items()):
-        if g != LINE_GPUS:
-            ax.plot([b], [v], markers[g], linestyle="none", **style)
-            if filled:  # the paper's points share positions; the legend explains their markers
-                ax.annotate(f"({g},{b})", (b, v), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                            color=style["color"])
 
 
 def importance(switch_weights):

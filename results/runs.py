@@ -8,6 +8,11 @@ import yaml
 from configs.schema import DataConfig, ModelConfig, NormConfig
 
 
+# no final.json yet: running, queued, stopped or crashed; the trainer writes final.json last, so which
+# of these it is cannot be told from the folder
+INCOMPLETE = "incomplete"
+
+
 class ResultsError(ValueError):
     """A problem with a runs folder, naming the file and what to do."""
 
@@ -22,6 +27,11 @@ class ModelKey:
     width: int
     small_stem: bool
     data_root: str
+
+    @property
+    def paper_model(self):
+        """The paper's model group (ResNet-50 v1, 1000 classes): tables and plots keep the paper's layout."""
+        return (self.arch, self.depth, self.variant, self.num_classes) == ("resnet", 50, "v1", 1000)
 
     def heading(self):
         extras = ([f"width {self.width}"] if self.width != ModelConfig.width else []) + \
@@ -39,7 +49,7 @@ class Run:
     gpus: int
     samples_per_gpu: int
     using_bn: bool
-    status: str                    # finished | diverged | running (no final.json yet) | what final.json says
+    status: str                    # finished | diverged | incomplete (no final.json) | what final.json says
     final: dict = field(default_factory=dict)
 
     @property
@@ -79,12 +89,13 @@ def read_run(folder, name=None):
     if final is not None and not isinstance(final, dict):
         raise ResultsError(f"{final_path}: expected a JSON object, got {type(final).__name__}")
     if final is None:
-        status = "running"  # running, queued or killed: the trainer writes final.json last
+        status = INCOMPLETE
     else:  # final.json from before the trainer recorded a status holds only a finished run's metrics
         status = str(final.get("status", "finished" if "top1" in final else "unknown"))
     key = ModelKey(arch=model.get("arch", ModelConfig.arch), depth=model.get("depth", ModelConfig.depth),
                    variant=model.get("variant", ModelConfig.variant),
-                   num_classes=model.get("num_classes", ModelConfig.num_classes), width=model.get("width", ModelConfig.width),
+                   num_classes=model.get("num_classes", ModelConfig.num_classes),
+                   width=model.get("width", ModelConfig.width),
                    small_stem=bool(model.get("small_stem", ModelConfig.small_stem)),
                    data_root=str(data.get("root", DataConfig.root)))
     gpus, per_gpu = batch.get("gpus"), batch.get("samples_per_gpu")

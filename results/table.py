@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import published
+from .runs import INCOMPLETE
 
 NORM_ORDER = ("bn", "gn", "sn", "syncbn", "syncsn", "in", "ln")
 LABELS = {"bn": "BN", "gn": "GN", "sn": "SN", "syncbn": "SyncBN", "syncsn": "SyncSN", "in": "IN", "ln": "LN"}
@@ -12,7 +13,7 @@ DIFFERENCES = (("gn", "bn"), ("sn", "bn"), ("sn", "gn"))
 NOT_RUN = "not run"
 WITHOUT_BN_NOTE = "\\* SN without its BN branch (IN and LN only), as the paper ran one sample per GPU."
 # when a cell has several runs, what it shows: a number if any finished, else the first status found here
-STATUS_ORDER = ("running", "diverged")
+STATUS_ORDER = (INCOMPLETE, "diverged")
 
 
 @dataclass
@@ -77,10 +78,13 @@ def aggregate(runs, metric):
     return cells
 
 
-def columns_for(cells):
-    """The paper's settings in its order, then any other setting found, sorted by (#GPUs, samples per GPU)."""
+def columns_for(cells, paper_columns=False):
+    """The paper's nine settings in its order, then any other found sorted by (#GPUs, samples per GPU), when
+    `paper_columns`; else only the settings found, by samples per GPU descending, then #GPUs."""
     found = {s for per_norm in cells.values() for s in per_norm}
-    return list(published.SETTINGS) + sorted(found - set(published.SETTINGS))
+    if paper_columns:
+        return list(published.SETTINGS) + sorted(found - set(published.SETTINGS))
+    return sorted(found, key=lambda s: (-s[1], s[0]))
 
 
 def difference(a, b):
@@ -89,9 +93,11 @@ def difference(a, b):
         else None
 
 
-def build_table(heading, cells, reference=False):
-    """Rows for every normalizer found (BN, GN, SN always), the difference rows, and optionally the paper's rows."""
-    columns = columns_for(cells)
+def build_table(heading, cells, reference=False, paper_model=False):
+    """Rows for every normalizer found (BN, GN, SN always), the difference rows, and optionally the paper's rows.
+
+    The paper's columns are kept for the paper's model (`paper_model`) and next to its reference rows."""
+    columns = columns_for(cells, paper_model or reference)
     table = Table(heading, columns)
     for norm in norm_order(set(cells) | {"bn", "gn", "sn"}):
         row = cells.get(norm, {})

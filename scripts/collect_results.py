@@ -18,12 +18,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs_dir", help="folder holding the run folders (log.out_dir)")
     parser.add_argument("--out", help="where to write results.md, results.csv and the PNGs (default: RUNS_DIR)")
-    parser.add_argument("--reference", choices=["paper"], help="add the published ResNet-50 table as reference rows")
+    parser.add_argument("--reference", choices=["paper"],
+                        help="add the published ResNet-50 table as reference rows (every table then has the paper's "
+                             "nine columns)")
     parser.add_argument("--metric", choices=["top1", "best_top1"], default="top1",
                         help="final-epoch top-1 (default) or the best validation top-1 of each run")
     parser.add_argument("--sn-run", metavar="NAME",
-                        help="SN run whose importance weights sn_importance.png shows (default: the first in the "
-                             "paper's column order); 'all': one sn_importance_<run>.png per SN run")
+                        help="SN run whose importance weights sn_importance.png shows (default: the finished SN "
+                             "run with the most samples per GPU, then the most GPUs); 'all': one "
+                             "sn_importance_<run>.png per SN run")
     args = parser.parse_args(argv)
     try:
         text = collect(args.runs_dir, args.out, args.metric, args.reference, args.sn_run,

@@ -7,11 +7,15 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import yaml
+from PIL import Image
 
 from configs import load_config, to_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the paper's columns, typed here from arXiv:1806.10779 Table 1, independent of results/published.py
+PAPER_COLUMNS = ["(8,32)", "(8,16)", "(8,8)", "(8,4)", "(8,2)", "(1,16)", "(1,32)", "(8,1)", "(1,8)"]
 SN_LAYERS = ("bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.0.bn3", "layer1.0.downsample.1", "layer2.0.bn1")
 
 
@@ -32,14 +36,16 @@ def random_switch_weights(seed, using_bn=True, layers=SN_LAYERS):
 
 
 def write_run(root, name, norm, setting, status="finished", top1=None, top5=None, best_top1=None, using_bn=True,
-              depth=50, variant="v1", num_classes=1000, data_root="data/imagenet", switch_weights=None):
-    """A run folder: resolved config.yaml, metrics.jsonl, a checkpoint name, and final.json unless running."""
+              depth=50, variant="v1", num_classes=1000, data_root="data/imagenet", switch_weights=None, width=64,
+              small_stem=False):
+    """A run folder: resolved config.yaml, metrics.jsonl, a checkpoint name, and final.json unless incomplete."""
     folder = os.path.join(root, name)
     os.makedirs(folder)
     g, b = setting
     cfg = load_config(None, [f"norm.type={norm}", f"norm.using_bn={str(using_bn).lower()}", f"batch.gpus={g}",
                              f"batch.samples_per_gpu={b}", f"model.depth={depth}", f"model.variant={variant}",
-                             f"model.num_classes={num_classes}", f"data.root={data_root}", f"log.name={name}"])
+                             f"model.num_classes={num_classes}", f"data.root={data_root}", f"log.name={name}",
+                             f"model.width={width}", f"model.small_stem={str(small_stem).lower()}"])
     with open(os.path.join(folder, "config.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
@@ -54,7 +60,7 @@ def write_run(root, name, norm, setting, status="finished", top1=None, top5=None
         final = {"status": "diverged", "error": "non-finite loss at iteration 7 (rank 0)", "epochs": 0,
                  "iterations": 7, "setting": setting_json}
     else:
-        return folder  # running / queued / killed: no final.json yet
+        return folder  # incomplete (running, queued, stopped or crashed): no final.json yet
     with open(os.path.join(folder, "final.json"), "w") as f:
         json.dump(final, f, indent=1)
     return folder
@@ -74,7 +80,8 @@ def collect(args, check=True):
 
 def collect_in_process(args, capsys):
     """(exit code, stdout, stderr) of the collector's main() in this process: quicker for many small calls."""
-    spec = importlib.util.spec_from_file_location("collect_results", os.path.join(REPO, "scripts", "collect_results.py"))
+    script = os.path.join(REPO, "scripts", "collect_results.py")
+    spec = importlib.util.spec_from_file_location("collect_results", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     code = module.main([str(a) for a in args])
@@ -103,3 +110,14 @@ def columns_of(markdown, heading):
     lines = markdown.split(f"## {heading}\n", 1)[1].splitlines()
     header = next(line for line in lines if line.startswith("|"))
     return [c.strip() for c in header.strip().strip("|").split("|")][1:]
+
+
+def assert_png(path, min_bytes=10_000):
+    """A real PNG of a drawn figure, not an empty canvas."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert len(data) > min_bytes, (path, len(data))
+    with Image.open(path) as image:
+        assert image.size[0] > 300 and image.size[1] > 300
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        assert len(np.unique(pixels, axis=0)) > 20  # more than a blank canvas

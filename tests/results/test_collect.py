@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.results.fixtures import (collect, collect_in_process, columns_of, parse_tables, random_switch_weights,
-                                    write_run)
+from tests.results.fixtures import (PAPER_COLUMNS, assert_png, collect, collect_in_process, columns_of, parse_tables,
+                                    random_switch_weights, write_run)
 
-# the paper's columns, typed here from arXiv:1806.10779 Table 1, independent of results/published.py
-PAPER_COLUMNS = ["(8,32)", "(8,16)", "(8,8)", "(8,4)", "(8,2)", "(1,16)", "(1,32)", "(8,1)", "(1,8)"]
+# typed here from arXiv:1806.10779 Table 1, independent of results/published.py
 PAPER = {
     "BN": [76.4, 76.3, 75.2, 72.7, 65.3, 76.2, 76.5, None, 75.4],
     "GN": [75.9, 75.8, 76.0, 75.8, 75.9, 75.9, 75.8, 75.5, 75.5],
@@ -27,7 +26,7 @@ RUNS = [
     ("bn_8x2", "bn", (8, 2), "diverged", None, None),
     ("gn_8x2", "gn", (8, 2), "finished", 74.00, 91.00),
     ("sn_8x2", "sn", (8, 2), "finished", 75.25, 92.00),
-    ("bn_8x4", "bn", (8, 4), "running", None, None),
+    ("bn_8x4", "bn", (8, 4), "incomplete", None, None),
     ("sn_8x4", "sn", (8, 4), "finished", 75.13, 92.40),
     ("sn_8x1", "sn", (8, 1), "finished", 74.50, 91.70),
     ("bn_1x16", "bn", (1, 16), "finished", 76.00, 92.80),
@@ -73,7 +72,7 @@ def test_table_shape_cells_and_statuses(collected):
     assert table["BN"]["(8,32)"] == "76.10"
     assert table["SN"]["(8,32)"] == "76.70 (n=2)"          # mean of two finished runs
     assert table["BN"]["(8,2)"] == "diverged"
-    assert table["BN"]["(8,4)"] == "running"
+    assert table["BN"]["(8,4)"] == "incomplete"
     assert table["GN"]["(8,4)"] == "not run"
     assert table["SN"]["(8,1)"] == "74.50*"                 # no BN branch at one sample per GPU
     assert table["SyncBN"]["(8,2)"] == "73.00"
@@ -112,19 +111,10 @@ def test_csv_has_one_row_per_run(collected):
     assert by_run["sn_8x1"]["using_bn"] == "False"
 
 
-def assert_png(path, min_bytes=10_000):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
-    assert len(data) > min_bytes, (path, len(data))
-    with Image.open(path) as image:
-        assert image.size[0] > 300 and image.size[1] > 300
-        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-        assert len(np.unique(pixels, axis=0)) > 20  # more than a blank canvas
-
-
 def test_figures_are_written(collected, runs_dir, tmp_path):
     assert_png(collected["out"] / "top1_vs_samples_per_gpu.png")
     assert_png(collected["out"] / "sn_importance.png")
+    assert "sn_importance.png: SN importance weights of run sn_8x32_a\n" in collected["stderr"]  # (8,32) first
     collect([runs_dir, "--out", tmp_path, "--sn-run", "all"])
     sn_runs = [name for name, norm, _, status, *_ in RUNS if norm == "sn" and status == "finished"]
     written = sorted(p.name for p in tmp_path.glob("sn_importance_*.png"))

@@ -35,10 +35,10 @@ def test_collector_reads_what_the_trainer_wrote(trained_runs, tmp_path):
     assert tables[sn_table]["SN"]["(4,2)"] == f"{final['top1']:.2f}"
     assert tables[sn_table]["BN"]["(4,2)"] == "diverged"
     assert tables[sn_table]["SN-BN"]["(4,2)"] == ""
-    assert tables[gn_table]["GN"]["(4,2)"] == "running"  # stopped by max_iters: no final.json
+    assert tables[gn_table]["GN"]["(4,2)"] == "incomplete"  # stopped by max_iters: no final.json
     rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
     assert (rows["sn_4x2"]["status"], float(rows["sn_4x2"]["top5"])) == ("finished", final["top5"])
     assert rows["sn_4x2"]["stat_groups"] == "4"  # (4, 2) emulated by one process
-    assert rows["bn_4x2"]["status"] == "diverged" and rows["gn_4x2"]["status"] == "running"
+    assert rows["bn_4x2"]["status"] == "diverged" and rows["gn_4x2"]["status"] == "incomplete"
     assert len(final["switch_weights"]) == 20  # ResNet-18: stem, 8 blocks x 2, 3 projection shortcuts
     assert (tmp_path / "sn_importance.png").stat().st_size > 10_000
