@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import tempfile
 from dataclasses import dataclass, field
 
 import yaml
@@ -250,7 +251,7 @@ def launch_nproc(config, overrides, visible_gpus=None):
 
 
 # ----- Slurm ------------------------------------------------------------------------------------
-def write_cells_file(path, cells):
+def cells_lines(cells):
     """One tab-separated line per cell (run name, config, overrides), read by train.sbatch --cells."""
     lines = []
     for cell in cells:
@@ -259,16 +260,30 @@ def write_cells_file(path, cells):
         if bad is not None:
             raise SweepError(f"cell {cell.run_name}: {bad!r} holds a tab or newline, which a cells file cannot carry")
         lines.append("\t".join(fields))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_cells_file(folder, job_name, cells):
+    """A new cells file in folder (a still-pending array keeps reading the file it was given); returns its path."""
+    text = cells_lines(cells)
+    os.makedirs(folder, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=f"{job_name}-", suffix=".cells", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
 
 
 def sbatch_command(cells_file, count, shape, job_name, log_dir, gpus_per_node, cpus_per_proc=None,
-                   partition=None, time=None, extra=()):
-    """The sbatch argv submitting one job array over a cells file."""
+                   partition=None, time=None, extra=(), export=None):
+    """The sbatch argv submitting one job array over a cells file; export: variables the job gets."""
+    # explicit --export/--chdir: sites that set SBATCH_EXPORT=NONE would drop REPO, PYTHON, PROCS_PER_NODE
+    for key, value in (export or {}).items():
+        if "," in value:
+            raise SweepError(f"{key}={value} holds a comma, which sbatch --export cannot carry; "
+                             "use a path without commas")
     cmd = ["sbatch", "--parsable", f"--job-name={job_name}", f"--array=0-{count - 1}", f"--nodes={shape.nodes}",
-           "--ntasks-per-node=1", f"--output={os.path.join(log_dir, '%x-%A_%a.out')}"]
+           "--ntasks-per-node=1", f"--output={os.path.join(log_dir, '%x-%A_%a.out')}", f"--chdir={REPO}",
+           "--export=" + ",".join(["ALL"] + [f"{k}={v}" for k, v in (export or {}).items()])]
     if gpus_per_node:
         cmd.append(f"--gpus-per-node={shape.procs_per_node}")
     if cpus_per_proc:

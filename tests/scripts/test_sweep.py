@@ -151,8 +151,12 @@ def test_launch_nproc_is_the_largest_divisor_of_the_gpus_that_fits(tmp_path, gpu
 def test_cells_file_lines_hold_the_train_arguments(tmp_path):
     cells = sw.expand(sw.load_sweep(write_yaml(tmp_path, SWEEP.replace("optim.lr=0.2", "'schedule.milestones=[1, 2]'"))),
                       str(tmp_path / "o"))
-    path = str(tmp_path / "x.cells")
-    sw.write_cells_file(path, cells)
+    path = sw.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells)
+    # two files in the same second under the same job name: distinct files, neither overwritten
+    other = sw.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells[:1])
+    assert other != path and sorted(os.listdir(tmp_path / "sub")) == sorted(map(os.path.basename, (path, other)))
+    assert os.path.basename(path).startswith("table-1x8-") and path.endswith(".cells")
+    assert len(open(other).read().splitlines()) == 1
     # read exactly as train.sbatch does: line (task + 1), split on tabs by bash's read -a
     script = 'IFS=$\'\\t\' read -r -a f <<<"$(sed -n "$(($1 + 1))p" "$2")"; printf "%s\\n" "${f[@]}"'
     for i, cell in enumerate(cells):
@@ -160,7 +164,7 @@ def test_cells_file_lines_hold_the_train_arguments(tmp_path):
         assert out.stdout.splitlines() == [cell.run_name, cell.config, *cell.overrides]
     tabbed = [sw.Cell("x", "c.yaml", ("a=1\t2",), "d")]
     with pytest.raises(sw.SweepError, match="holds a tab or newline"):
-        sw.write_cells_file(path, tabbed)
+        sw.write_cells_file(str(tmp_path / "sub"), "t", tabbed)
 
 
 def test_queued_runs_come_from_the_registry_and_squeue(tmp_path):
@@ -173,8 +177,9 @@ def test_queued_runs_come_from_the_registry_and_squeue(tmp_path):
 
 
 def test_dry_run_prints_groups_commands_and_the_trainers_setting_line(tmp_path):
-    for norm in ("bn", "sn"):
-        (tmp_path / f"cfg_{norm}.yaml").write_text(f"norm: {{type: {norm}}}\noptim: {{lr: 0.1}}\n")
+    for norm, workers in (("bn", 2), ("sn", 5)):
+        (tmp_path / f"cfg_{norm}.yaml").write_text(f"norm: {{type: {norm}}}\noptim: {{lr: 0.1}}\n"
+                                                   f"data: {{workers: {workers}}}\n")
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("name: t\nconfig: cfg_{norm}.yaml\nrun_name: '{norm}_{setting}'\n"
                      "axes: {norm: [bn, sn], setting: [8x32, 16x2, 1x16]}\n")
@@ -182,19 +187,24 @@ def test_dry_run_prints_groups_commands_and_the_trainers_setting_line(tmp_path):
     os.makedirs(out / "sn_1x16")
     (out / "sn_1x16" / "final.json").write_text(json.dumps({"status": "diverged"}))
     proc = sweep_cli([sweep, "--dry-run", "--slurm", "--out", out, "--gpus-per-node", "8", "--partition", "gpu",
-                      "--sbatch-arg=--qos=high", "--", "train.epochs=100"])
+                      "--sbatch-arg=--qos=high", "--python", sys.executable, "--", "train.epochs=100"])
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert f"skip sn_1x16: finished (diverged, {out / 'sn_1x16' / 'final.json'})" in lines
     submits = [l for l in lines if l.startswith("would submit")]
-    expected = {"1x8": (2, "--nodes=1", "--gpus-per-node=8"), "2x8": (2, "--nodes=2", "--gpus-per-node=8"),
-                "1x1": (1, "--nodes=1", "--gpus-per-node=1")}
+    # CPUs per process: the largest data.workers among the shape's cells + 1 (sn_1x16 is skipped: bn's 2 + 1)
+    expected = {"1x8": (2, "--nodes=1", "--gpus-per-node=8", 8 * 6), "2x8": (2, "--nodes=2", "--gpus-per-node=8", 8 * 6),
+                "1x1": (1, "--nodes=1", "--gpus-per-node=1", 3)}
     assert len(submits) == 3
     for line in submits:
         shape = line.split("--job-name=t-")[1].split()[0]
-        count, nodes, gpus = expected[shape]
+        count, nodes, gpus, cpus = expected[shape]
         assert f"would submit {count} cell(s)" in line and f" {nodes} " in line and f" {gpus} " in line
-        assert f"PROCS_PER_NODE={shape.split('x')[1]} " in line and "--partition=gpu --qos=high" in line
+        assert f" --cpus-per-task={cpus} " in line and "--partition=gpu --qos=high" in line
+        # explicit, for sites with SBATCH_EXPORT=NONE
+        assert f" --chdir={REPO} --export=ALL,REPO={REPO},PYTHON={sys.executable},PROCS_PER_NODE={shape[2:]} " \
+            in line
+        assert line.endswith(f"--cells {out / '.sweep' / f't-{shape}-XXXXXXXX.cells'}")
     # the setting line is the one train.py --dry-run prints for the same cell and world size
     for run, world in (("bn_16x2", 16), ("sn_8x32", 8)):
         i = next(i for i, l in enumerate(lines) if l.strip().startswith("[") and f" {run}: train.py" in l)
@@ -204,6 +214,18 @@ def test_dry_run_prints_groups_commands_and_the_trainers_setting_line(tmp_path):
         setting = next(l for l in train.stdout.splitlines() if l.startswith("setting ("))
         assert lines[i + 1].strip() == setting
     assert not (out / ".sweep").exists()  # nothing written, nothing submitted
+
+
+def test_slurm_mode_without_slurm_commands_is_a_one_line_error(tmp_path):
+    sweep = write_yaml(tmp_path, SWEEP)
+    (tmp_path / "bin").mkdir()  # a PATH without sbatch and squeue
+    proc = sweep_cli([sweep, "--slurm", "--out", tmp_path / "out"], env={**os.environ, "PATH": str(tmp_path / "bin")})
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: --slurm needs sbatch and squeue on PATH, which this "
+                                                         "machine lacks; run the cells here with --local")
+    assert not (tmp_path / "out").exists()
+    proc = sweep_cli([sweep, "--local", "--wait", "--dry-run"])
+    assert (proc.returncode, proc.stderr.strip()) == (2, "error: --wait applies to --slurm only; --local already runs "
+                                                         "the cells one after another")
 
 
 def test_launch_sh_rejects_bad_input_on_one_line(tmp_path):
@@ -217,17 +239,24 @@ def test_launch_sh_rejects_bad_input_on_one_line(tmp_path):
 
 
 def test_local_sweep_runs_cells_in_turn_through_launch_sh_and_skips_finished(tmp_path):
-    """bn trains under torchrun (2 processes); gn's data folder is missing, so it fails and the sweep goes on."""
-    sweep = write_sweep(str(tmp_path), norms=("bn", "gn"))
+    """bn trains under torchrun (2 processes); gn's data folder is missing, so it fails and the sweep goes on;
+    sn diverges (train.py exits 1 after writing final.json), which is a result, not a failure."""
+    sweep = write_sweep(str(tmp_path), norms=("bn", "gn", "sn"))
     cfg_gn = tmp_path / "cfg_gn.yaml"
     cfg_gn.write_text(cfg_gn.read_text().replace(str(tmp_path / "data"), str(tmp_path / "missing")))
+    cfg_sn = tmp_path / "cfg_sn.yaml"
+    cfg_sn.write_text(cfg_sn.read_text().replace("lr: 0.5,", "lr: 1.0e+30,").replace("warmup_epochs: 0.5", "warmup_epochs: 0"))
     out = tmp_path / "runs"
     proc = sweep_cli([sweep, "--local", "--out", out, "--procs-per-node", "2"])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     order = [l.split(":")[0] for l in lines if l.startswith(("run ", "tiny_"))]
-    assert order == ["run tiny_bn_2x4", "tiny_bn_2x4", "run tiny_gn_2x4", "tiny_gn_2x4"], lines
-    assert "tiny_bn_2x4: exit code 0" in proc.stdout and "1 of 2 cells failed: tiny_gn_2x4 (exit" in proc.stderr
+    assert order == ["run tiny_bn_2x4", "tiny_bn_2x4", "run tiny_gn_2x4", "tiny_gn_2x4", "run tiny_sn_2x4",
+                     "tiny_sn_2x4", "tiny_sn_2x4"], lines
+    assert "tiny_bn_2x4: exit code 0" in proc.stdout and "tiny_sn_2x4: exit code 1 " in proc.stdout
+    assert f"tiny_sn_2x4: done (diverged, {out / 'tiny_sn_2x4' / 'final.json'})" in lines
+    assert proc.stderr.strip().splitlines()[-1].startswith("1 of 3 cells failed: tiny_gn_2x4 (exit ")
+    assert read_final(out / "tiny_sn_2x4")["status"] == "diverged"
     final = read_final(out / "tiny_bn_2x4")
     # 2 processes for the (2, 4) setting: plain DDP, 4 samples each, total batch 8
     assert final["status"] == "finished" and final["iterations"] == TRAIN_IMAGES // 8

@@ -27,11 +27,24 @@ def write_sweep(tmp, norms=("bn", "gn", "sn"), settings=("2x4",), overrides=(), 
     return path
 
 
+def sweep_argv(args):
+    return [sys.executable, os.path.join(REPO, "scripts", "sweep.py"), *map(str, args)]
+
+
+def sweep_env(env=None):
+    return {**(env or os.environ), "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+
+
 def sweep_cli(args, env=None, timeout=600):
     """scripts/sweep.py as a real process."""
-    env = {**(env or os.environ), "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "sweep.py"), *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(sweep_argv(args), cwd=REPO, env=sweep_env(env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sweep_background(args, env=None):
+    """scripts/sweep.py started and left running (for --wait); communicate() collects its output."""
+    return subprocess.Popen(sweep_argv(args), cwd=REPO, env=sweep_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def read_final(run_dir):
