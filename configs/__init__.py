@@ -1,5 +1,5 @@
 """Typed experiment configs: the schema, the YAML loader with `base:` inheritance and overrides."""
-from .loader import ConfigError, from_dict, load_config, to_dict
+from .loader import ConfigError, from_dict, load_config, read_yaml, to_dict
 from .schema import (BatchConfig, CheckpointConfig, Config, DataConfig, LogConfig, ModelConfig, NormConfig,
                      OptimConfig, ScheduleConfig, TrainConfig)
 

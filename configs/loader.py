@@ -22,14 +22,19 @@ def load_config(path, overrides=()):
     return from_dict(Config, raw)
 
 
-def _read_yaml(path):
+def read_yaml(path, error=ConfigError, what="config file"):
+    """The parsed YAML at `path` (None for an empty file); a missing or malformed file raises `error` in one line."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        raise error(f"{what} not found: {path}")
     with open(path) as f:
         try:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def _read_yaml(path):
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

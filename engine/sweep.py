@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from configs import ConfigError, load_config
+from configs import ConfigError, load_config, read_yaml
 
 KEYS = ("name", "config", "run_name", "axes", "overrides")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -83,13 +83,7 @@ class Cell:
 def load_sweep(path):
     """Read and check a sweep file; every problem is a one-line SweepError."""
     path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise SweepError(f"sweep file not found: {path}")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise SweepError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = read_yaml(path, SweepError, "sweep file")
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: a sweep file must be a mapping with keys {', '.join(KEYS)}")
     unknown = [k for k in raw if k not in KEYS]

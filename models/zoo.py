@@ -7,6 +7,8 @@ import re
 
 import yaml
 
+from configs import read_yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTRY = os.path.join(REPO, "models", "zoo.yaml")
 SOURCES = ("the SN authors", "this repository")
@@ -38,13 +40,7 @@ class ZooError(ValueError):
 
 def load_registry(path=REGISTRY):
     """The validated list of entries (dicts) of the registry at `path`."""
-    if not os.path.isfile(path):
-        raise ZooError(f"zoo registry not found: {path}")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ZooError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml(path, ZooError, "zoo registry")
     if data is None:
         return []
     if not isinstance(data, dict) or set(data) != {"models"} or not isinstance(data["models"] or [], list):
