@@ -5,6 +5,7 @@ import torch.nn as nn
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
 from .fused import ImplChoice, fused_norm
+from .kernels import cpu as cpu_kernels, eager
 from .running import RunningStatsMixin
 
 
@@ -85,6 +86,8 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         check_4d(x, type(self).__name__)
         running = (self.running_mean, self.running_var) if self.using_bn and not self.training else ()
         prims = self._fused_prims(x)
+        if prims is eager and self._bn_is_local() and cpu_kernels.supports(x, self._tensors()):
+            return self._forward_cpu_kernels(x, running)
         if prims is not None:
             return fused_norm(x, self._fused_stats, self.bias,
                               (self.weight, self.mean_weight, self.var_weight, *running), prims)
@@ -95,6 +98,28 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         mean, var = self._mix(mean_in, var_in, self.mean_weight, self.var_weight, running, record=True)
         scale = self.weight * torch.rsqrt(var + self.eps)
         return affine(xs, scale, self.bias - mean * scale).to(x.dtype)
+
+    def _tensors(self):
+        """Parameters and buffers, the tensors the compiled CPU kernels read (and update)."""
+        running = (self.running_mean, self.running_var) if self.using_bn else ()
+        return (self.weight, self.bias, self.mean_weight, self.var_weight, *running)
+
+    def _bn_is_local(self):
+        """True when the BN branch uses this process's batch alone (the compiled CPU kernels' case)."""
+        return True
+
+    def _forward_cpu_kernels(self, x, running):
+        n, c = x.shape[:2]
+        k = self.stat_groups
+        batch_bn = self.using_bn and not running
+        if batch_bn:
+            check_groups(n, k, type(self).__name__)
+        ema = batch_bn and self.using_moving_average and self._population is None
+        y, workspace = cpu_kernels.switch_norm(x, *self._tensors()[:4], running, k, self.eps,
+                                               (self.running_mean, self.running_var) if ema else (), self.momentum)
+        if batch_bn and self._population is not None:
+            self._population.add(*cpu_kernels.batch_statistics(workspace, n, c, k), n // k)
+        return y
 
     def _mix(self, mean_in, var_in, mean_logits, var_logits, running, record):
         """Mixed (mean, var) from IN means and unbiased variances, the statistics both implementations share.
@@ -153,6 +178,9 @@ class SyncSwitchNorm2d(SwitchNorm2d):
                  using_bn=True, last_gamma=False, stat_groups=1, process_group=None, impl="auto"):
         super().__init__(num_features, eps, momentum, using_moving_average, using_bn, last_gamma, 1, impl)
         self.process_group = process_group
+
+    def _bn_is_local(self):
+        return active_group(self.process_group) is None
 
     def _bn_branch(self, mean_in, var_in, record):
         if active_group(self.process_group) is None:

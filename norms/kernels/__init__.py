@@ -5,6 +5,7 @@ imported only on first use, and a missing Triton leaves the torch-op path workin
 TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's interpreter
 (how CI tests them without a GPU); the variable must be set before the kernels are first imported.
 """
+import functools
 import importlib.util
 import os
 
@@ -13,6 +14,7 @@ from . import eager
 _triton_nc = None
 
 
+@functools.cache  # find_spec walks sys.path: tens of microseconds, once per layer call otherwise
 def triton_available():
     return importlib.util.find_spec("triton") is not None
 

@@ -12,8 +12,9 @@ from tests.norms import reference as oracle
 
 @pytest.fixture(autouse=True)
 def torch_op_primitives(monkeypatch):
-    """impl="fused" on the CPU means the torch-op primitives unless TRITON_INTERPRET=1 is set."""
+    """impl="fused" on the CPU means the torch-op primitives without TRITON_INTERPRET and the compiled kernels."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("NORMS_CPU_KERNELS", "0")  # tests/norms/test_cpu_kernels.py covers them
 
 
 def make_pair(c, dtype=torch.float64, seed=0, **kwargs):
