@@ -73,11 +73,15 @@ def fused_norm(x, stats, bias, leaves, prims=None):
     check_4d(x, "fused norm")
     if prims is None:
         prims = kernels.backend(x)
-    if torch.compiler.is_compiling():
-        # run the Function as it is, outside the graph: the compiler need not trace the kernels' launchers
-        from torch import _dynamo  # imported by the compiler already; not at `import norms`, which stays light
-        return _dynamo.disable(_FusedNorm.apply)(x, bias, prims, stats, *leaves)
-    return _FusedNorm.apply(x, bias, prims, stats, *leaves)
+    return outside_compiler(_FusedNorm.apply)(x, bias, prims, stats, *leaves)
+
+
+def outside_compiler(fn):
+    """fn, run as it is outside the graph when torch.compile traces the caller (kernel launchers, ctypes)."""
+    if not torch.compiler.is_compiling():
+        return fn
+    from torch import _dynamo  # imported by the compiler already; not at `import norms`, which stays light
+    return _dynamo.disable(fn)
 
 
 IMPLS = ("auto", "reference", "fused")

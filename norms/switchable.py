@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
-from .fused import ImplChoice, fused_norm
+from .fused import ImplChoice, fused_norm, outside_compiler
 from .kernels import cpu as cpu_kernels, eager
 from .running import RunningStatsMixin
 
@@ -86,8 +86,10 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         check_4d(x, type(self).__name__)
         running = (self.running_mean, self.running_var) if self.using_bn and not self.training else ()
         prims = self._fused_prims(x)
-        if prims is eager and self._bn_is_local() and cpu_kernels.supports(x, self._tensors()):
-            return self._forward_cpu_kernels(x, running)
+        if prims is eager and self._bn_is_local():
+            y = outside_compiler(self._forward_cpu_kernels)(x, running)
+            if y is not None:
+                return y
         if prims is not None:
             return fused_norm(x, self._fused_stats, self.bias,
                               (self.weight, self.mean_weight, self.var_weight, *running), prims)
@@ -109,6 +111,9 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         return True
 
     def _forward_cpu_kernels(self, x, running):
+        """y from the compiled CPU kernels (norms/kernels/cpu.py), or None where they cannot run x."""
+        if not cpu_kernels.supports(x, self._tensors()):
+            return None
         n, c = x.shape[:2]
         k = self.stat_groups
         batch_bn = self.using_bn and not running

@@ -5,7 +5,6 @@ imported only on first use, and a missing Triton leaves the torch-op path workin
 TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's interpreter
 (how CI tests them without a GPU); the variable must be set before the kernels are first imported.
 """
-import functools
 import importlib.util
 import os
 
@@ -14,9 +13,14 @@ from . import eager
 _triton_nc = None
 
 
-@functools.cache  # find_spec walks sys.path: tens of microseconds, once per layer call otherwise
+_triton_found = None
+
+
 def triton_available():
-    return importlib.util.find_spec("triton") is not None
+    global _triton_found
+    if _triton_found is None:  # find_spec walks sys.path: tens of microseconds, per layer call otherwise
+        _triton_found = importlib.util.find_spec("triton") is not None
+    return _triton_found
 
 
 def _kernels():

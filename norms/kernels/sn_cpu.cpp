@@ -40,6 +40,17 @@ inline void store(bf16* p, long i, float f) {  // round to nearest even, as c10:
 const long kBlock = 64;     // channels per task in channels_last passes
 const long kSerial = 1 << 15;  // elements below which a pass runs on one thread
 
+// Per-call temporaries from a per-thread buffer that only grows: fresh large allocations would be
+// mmap'd and page-faulted on every call, which costs as much as a pass over a small activation.
+template <class T>
+T* scratch(long count, int slot) {
+  thread_local std::vector<double> buffers[2];
+  std::vector<double>& b = buffers[slot];
+  long words = (count * long(sizeof(T)) + 7) / 8;
+  if (long(b.size()) < words) b.resize(words);
+  return reinterpret_cast<T*>(b.data());
+}
+
 struct Ws {
   double *a, *b, *mean_in, *var_b, *mu, *rstd, *ln_mean, *ln_var, *bn_mean, *bn_var;
   Ws(double* w, long N, long C, long k) {
@@ -257,7 +268,7 @@ void forward(const T* x, T* y, int cl, long N, long C, long HW, const float* wei
       ema_var[c] = float(ema_var[c] + momentum * (bv / k - ema_var[c]));
     }
   }
-  std::vector<float> m(N * C), s(N * C), t(N * C);
+  float *m = scratch<float>(3 * N * C, 0), *s = m + N * C, *t = s + N * C;
   for (long n = 0; n < N; ++n) {  // centered on mean_in: y = (x - mean_in) * s + bias + (mean_in - mu) * s
 #pragma omp simd
     for (long c = 0; c < C; ++c) {
@@ -268,7 +279,7 @@ void forward(const T* x, T* y, int cl, long N, long C, long HW, const float* wei
       t[i] = float(bias[c] + (w.mean_in[i] - w.mu[i]) * scale);
     }
   }
-  elementwise(x, (const T*)nullptr, y, cl, N, C, HW, m.data(), s.data(), nullptr, t.data(), threads);
+  elementwise(x, (const T*)nullptr, y, cl, N, C, HW, m, s, nullptr, t, threads);
 }
 
 // Closed-form derivative of the mixing: dL/d(mean_in) and dL/d(var_b) per (n, c), and the
@@ -279,15 +290,17 @@ void backward(const T* x, const T* dy, T* dx, int cl, long N, long C, long HW, c
               float* d_var_logits, int threads) {
   Ws w(const_cast<double*>(workspace), N, C, k);
   long nc = N * C, per = N / k;
-  std::vector<double> s1(nc), s2(nc), dmu(nc), dv(nc), row_mu(N, 0), row_v(N, 0), col_mu(k * C, 0),
-      col_v(k * C, 0), dw(C, 0), db(C, 0);
-  grad_sums(x, dy, cl, N, C, HW, w.mean_in, s1.data(), s2.data(), threads);
+  double* s1 = scratch<double>(4 * nc + 2 * N + 4 * k * C + 2 * C, 0);
+  double *s2 = s1 + nc, *dmu = s2 + nc, *dv = dmu + nc, *row_mu = dv + nc, *row_v = row_mu + N;
+  double *col_mu = row_v + N, *col_v = col_mu + k * C, *dw = col_v + k * C, *db = dw + C;
+  std::fill(col_mu, db + C, 0.0);
+  grad_sums(x, dy, cl, N, C, HW, w.mean_in, s1, s2, threads);
   double f = unbias(HW), da0 = 0, da1 = 0, da2 = 0, dv0 = 0, dv1 = 0, dv2 = 0;
   for (long n = 0; n < N; ++n) {
     long g = eval ? 0 : n / per;
     const double *mi = w.mean_in + n * C, *vb = w.var_b + n * C, *mu = w.mu + n * C, *rs = w.rstd + n * C;
-    const double *a1 = s1.data() + n * C, *a2 = s2.data() + n * C, *bm = w.bn_mean + g * C, *bv = w.bn_var + g * C;
-    double *gm = dmu.data() + n * C, *gv = dv.data() + n * C, *cm = col_mu.data() + g * C, *cv = col_v.data() + g * C;
+    const double *a1 = s1 + n * C, *a2 = s2 + n * C, *bm = w.bn_mean + g * C, *bv = w.bn_var + g * C;
+    double *gm = dmu + n * C, *gv = dv + n * C, *cm = col_mu + g * C, *cv = col_v + g * C;
     double rm = 0, rv = 0, lm = w.ln_mean[n], lv = w.ln_var[n];
 #pragma omp simd reduction(+ : da0, da1, da2, dv0, dv1, dv2, rm, rv)
     for (long c = 0; c < C; ++c) {
@@ -308,14 +321,14 @@ void backward(const T* x, const T* dy, T* dx, int cl, long N, long C, long HW, c
   double da[3] = {da0, da1, da2}, dvw[3] = {dv0, dv1, dv2};
   double wa0 = w.a[0], wa1 = w.a[1], wa2 = w.a[2], wb0 = w.b[0], wb1 = w.b[1], wb2 = w.b[2];
   bool batch_bn = nb == 3 && !eval;
-  std::vector<float> m(nc), s(nc), k1(nc), k0(nc);
+  float *m = scratch<float>(4 * nc, 1), *s = m + nc, *k1 = s + nc, *k0 = k1 + nc;
   for (long n = 0; n < N; ++n) {
     long g = n / per;
-    const double *mi = w.mean_in + n * C, *rs = w.rstd + n * C, *gm = dmu.data() + n * C, *gv = dv.data() + n * C;
-    const double *bm = w.bn_mean + g * C, *cm = col_mu.data() + g * C, *cv = col_v.data() + g * C;
+    const double *mi = w.mean_in + n * C, *rs = w.rstd + n * C, *gm = dmu + n * C, *gv = dv + n * C;
+    const double *bm = w.bn_mean + g * C, *cm = col_mu + g * C, *cv = col_v + g * C;
     double lm = w.ln_mean[n], row_m = wa1 * row_mu[n] / C, row_v2 = wb1 * row_v[n] * 2.0 / C,
            row_vv = wb1 * row_v[n] / C;
-    float *mo = m.data() + n * C, *so = s.data() + n * C, *k1o = k1.data() + n * C, *k0o = k0.data() + n * C;
+    float *mo = m + n * C, *so = s + n * C, *k1o = k1 + n * C, *k0o = k0 + n * C;
 #pragma omp simd
     for (long c = 0; c < C; ++c) {
       double g_mean = wa0 * gm[c] + row_m + row_v2 * (mi[c] - lm);
@@ -331,7 +344,7 @@ void backward(const T* x, const T* dy, T* dx, int cl, long N, long C, long HW, c
       k0o[c] = float(g_mean / HW);
     }
   }
-  elementwise(x, dy, dx, cl, N, C, HW, m.data(), s.data(), k1.data(), k0.data(), threads);
+  elementwise(x, dy, dx, cl, N, C, HW, m, s, k1, k0, threads);
   for (long c = 0; c < C; ++c) d_weight[c] = float(dw[c]), d_bias[c] = float(db[c]);
   double sa = 0, sb = 0;
   for (int j = 0; j < nb; ++j) sa += w.a[j] * da[j], sb += w.b[j] * dvw[j];

@@ -193,3 +193,17 @@ def test_bfloat16_output_rounds_to_nearest_even_like_torch():
     x = torch.randn(2, 4, 3, 3).bfloat16()
     y = run(layer, x, torch.ones_like(x))[0]
     assert torch.equal(y, layer.bias.detach().bfloat16()[None, :, None, None].expand_as(y))
+
+
+def test_runs_outside_the_graph_under_torch_compile():
+    """impl="fused" inside torch.compile: the kernels run as they are (no tracing of ctypes), same numbers."""
+    layer = make_layer(8)
+    compiled = torch.compile(copy.deepcopy(layer), backend="eager")  # dynamo's tracing; no C++ codegen needed
+    x = torch.randn(4, 8, 5, 5)
+    dy = torch.randn_like(x)
+    x1 = x.clone().requires_grad_()
+    y = compiled(x1)
+    assert type(y.grad_fn).__name__ == "_SwitchNormCPUBackward"
+    (y * dy).sum().backward()
+    want = run(layer, x, dy)
+    assert torch.equal(y.detach(), want[0]) and torch.equal(x1.grad, want[1])
