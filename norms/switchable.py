@@ -101,27 +101,24 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         scale = self.weight * torch.rsqrt(var + self.eps)
         return affine(xs, scale, self.bias - mean * scale).to(x.dtype)
 
-    def _tensors(self):
-        """Parameters and buffers, the tensors the compiled CPU kernels read (and update)."""
-        running = (self.running_mean, self.running_var) if self.using_bn else ()
-        return (self.weight, self.bias, self.mean_weight, self.var_weight, *running)
-
     def _bn_is_local(self):
         """True when the BN branch uses this process's batch alone (the compiled CPU kernels' case)."""
         return True
 
     def _forward_cpu_kernels(self, x, running):
         """y from the compiled CPU kernels (norms/kernels/cpu.py), or None where they cannot run x."""
-        if not cpu_kernels.supports(x, self._tensors()):
+        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        buffers = (self.running_mean, self.running_var) if self.using_bn else ()
+        lib = cpu_kernels.library_for(x, params + buffers)
+        if lib is None:
             return None
         n, c = x.shape[:2]
         k = self.stat_groups
         batch_bn = self.using_bn and not running
         if batch_bn:
             check_groups(n, k, type(self).__name__)
-        ema = batch_bn and self.using_moving_average and self._population is None
-        y, workspace = cpu_kernels.switch_norm(x, *self._tensors()[:4], running, k, self.eps,
-                                               (self.running_mean, self.running_var) if ema else (), self.momentum)
+        ema = buffers if batch_bn and self.using_moving_average and self._population is None else ()
+        y, workspace = cpu_kernels.switch_norm(lib, x, *params, running, k, self.eps, ema, self.momentum)
         if batch_bn and self._population is not None:
             self._population.add(*cpu_kernels.batch_statistics(workspace, n, c, k), n // k)
         return y

@@ -3,7 +3,7 @@
 Forward: one pass for the per-(n, c) moments, the IN/LN/BN mixing in double, one pass writing y.
 Backward: one pass over (x, dy) for the per-(n, c) sums, the closed-form derivative of the mixing
 in double, one pass writing dx. Saved for backward: x and an (N, C)-sized double workspace. Float32
-and bfloat16 inputs, NCHW or channels_last; anything else takes the torch-op fused path (`supports`).
+and bfloat16 inputs, NCHW or channels_last; anything else takes the torch-op fused path (`library_for`).
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -22,11 +22,14 @@ def _layout(x):
     return None
 
 
-def supports(x, params):
-    """True where the compiled kernels can run x with these float32 parameters (and buffers)."""
-    return (x.device.type == "cpu" and x.dtype in DTYPES and x.numel() > 0 and _layout(x) is not None
-            and all(p.dtype == torch.float32 and p.is_contiguous() and p.device.type == "cpu" for p in params)
-            and cpu_build.library()[0] is not None)
+def library_for(x, tensors):
+    """The compiled library where it can run x with these float32 parameters and buffers, else None."""
+    if x.dtype not in DTYPES or x.device.type != "cpu" or x.numel() == 0 or _layout(x) is None:
+        return None
+    for t in tensors:
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            return None
+    return cpu_build.library()[0]
 
 
 def _ptr(t):
@@ -46,8 +49,7 @@ def batch_statistics(workspace, n, c, k):
 
 class _SwitchNormCPU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, mean_logits, var_logits, running, groups, eps, ema, momentum, workspace):
-        lib = cpu_build.library()[0]
+    def forward(ctx, lib, x, weight, bias, mean_logits, var_logits, running, groups, eps, ema, momentum, workspace):
         n, c, h, w = x.shape
         layout = _layout(x)
         y = torch.empty_like(x, memory_format=torch.channels_last if layout else torch.contiguous_format)
@@ -58,37 +60,35 @@ class _SwitchNormCPU(torch.autograd.Function):
                        _ptr(run_mean), _ptr(run_var), groups, eps, _ptr(ema_mean), _ptr(ema_var), momentum,
                        workspace.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(x, weight, workspace)
-        ctx.layout, ctx.groups, ctx.branches, ctx.eval = layout, groups, mean_logits.numel(), bool(running)
+        ctx.lib, ctx.layout, ctx.groups, ctx.branches, ctx.eval = lib, layout, groups, mean_logits.numel(), bool(running)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        lib = cpu_build.library()[0]
         x, weight, workspace = ctx.saved_tensors
         n, c, h, w = x.shape
         fmt = torch.channels_last if ctx.layout else torch.contiguous_format
         dy = dy.to(x.dtype).contiguous(memory_format=fmt)
         dx = torch.empty_like(x, memory_format=fmt)
-        grads = torch.empty(2 * c + 2 * ctx.branches, dtype=torch.float32)
-        d_weight, d_bias, d_mean, d_var = grads.split([c, c, ctx.branches, ctx.branches])
-        lib.sn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
+        d_weight, d_bias, d_mean, d_var = (torch.empty(size) for size in (c, c, ctx.branches, ctx.branches))
+        ctx.lib.sn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
                         weight.data_ptr(), ctx.branches, int(ctx.eval), ctx.groups, workspace.data_ptr(),
                         d_weight.data_ptr(), d_bias.data_ptr(), d_mean.data_ptr(), d_var.data_ptr(),
                         torch.get_num_threads())
-        return dx, d_weight, d_bias, d_mean, d_var, None, None, None, None, None, None
+        return None, dx, d_weight, d_bias, d_mean, d_var, None, None, None, None, None, None
 
 
-def switch_norm(x, weight, bias, mean_logits, var_logits, running=(), groups=1, eps=1e-5, ema=(), momentum=0.0):
+def switch_norm(lib, x, weight, bias, mean_logits, var_logits, running=(), groups=1, eps=1e-5, ema=(), momentum=0.0):
     """(y, workspace): SN of x (see norms.SwitchNorm2d) and the statistics it used (`batch_statistics`).
 
-    `running`: (running_mean, running_var) in eval mode, else () and the BN branch uses `groups`
-    chunks of the batch; `ema`: the buffers the kernel moves by `momentum` towards the batch
-    statistics averaged over the groups (training only), or () to leave them.
+    `lib`: from `library_for`; `running`: (running_mean, running_var) in eval mode, else () and the
+    BN branch uses `groups` chunks of the batch; `ema`: the buffers the kernel moves by `momentum`
+    towards the batch statistics averaged over the groups (training only), or () to leave them.
     """
     n, c = x.shape[:2]
     groups = 1 if running else groups
     workspace = torch.empty(workspace_size(n, c, groups), dtype=torch.float64)
-    y = _SwitchNormCPU.apply(x, weight, bias, mean_logits, var_logits, tuple(running), groups, eps, tuple(ema),
+    y = _SwitchNormCPU.apply(lib, x, weight, bias, mean_logits, var_logits, tuple(running), groups, eps, tuple(ema),
                              momentum, workspace)
     return y, workspace
