@@ -32,9 +32,11 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
     impl: "reference" is the code below; "fused" (norms.fused) reads x once for the per-(n, c)
     moments and once to normalize, and once more with dy for the sums the backward needs and once
     to write dx, with Triton kernels on CUDA (NCHW and channels_last, fp32/bf16/fp16/fp64 inputs,
-    fp32 or fp64 accumulation) and torch ops elsewhere; it saves only x and (N, C) statistics for
-    backward. Both share `_mix`, so they follow the same contract above. "auto" (default): fused
-    on CUDA with Triton and on the CPU (measured faster), reference under torch.compile. Tested
+    fp32 or fp64 accumulation), compiled C++ kernels on the CPU for float32/bf16 (norms/kernels/
+    cpu.py: the mixing and its closed-form derivative in double) and torch ops elsewhere; it saves
+    only x and (N, C) statistics for backward. All share the contract above (the Triton and torch-op
+    paths run `_mix` itself). "auto" (default): fused on CUDA with Triton and on the CPU (measured
+    faster), reference under torch.compile. Tested
     agreement: float64 fused vs reference within 1e-10 (outputs, all gradients, buffers); float32
     within 1e-5; low-precision inputs vs the float64 oracle within the output dtype's rounding
     (2^-7 relative for bf16). Float32 is accurate to a few ulps of the input's mean: at mean 1e4,

@@ -1,7 +1,8 @@
 """Per-(n, c) primitives of the fused norms: Triton kernels on CUDA, plain torch ops elsewhere.
 
-`backend(x)` returns a module with nc_moments, nc_apply, nc_grad_sums and nc_grad_input. Triton is
-imported only on first use, and a missing Triton leaves the torch-op path working. With
+`backend(x)` returns a module with nc_moments, nc_apply, nc_grad_sums and nc_grad_input. SwitchNorm2d
+on the CPU first tries the compiled whole-layer kernels of `cpu.py` (sn_cpu.cpp), which need none of
+these. Triton is imported only on first use, and a missing Triton leaves the torch-op path working. With
 TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's interpreter
 (how CI tests them without a GPU); the variable must be set before the kernels are first imported.
 """
