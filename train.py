@@ -10,6 +10,7 @@ write a checkpoint and exit with code 143.
 """
 import argparse
 import os
+import signal
 import sys
 
 import yaml
@@ -62,6 +63,9 @@ def main(argv=None):
         print(f"error (rank {env.rank}): {e}", file=sys.stderr)
         return 1
     finally:
+        # USR1 only asks for a checkpoint: arriving after fit() (the interpreter resets Python handlers to
+        # the default action, termination, while it shuts down) it must not turn a finished run into a crash
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         shutdown()
     return SIGNAL_EXIT if trainer.stop_reason == "signal" else 0
 

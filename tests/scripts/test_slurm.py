@@ -121,7 +121,7 @@ def test_sweep_submits_a_job_array_that_trains_every_cell_and_feeds_the_table(cl
 def test_time_limit_signal_requeues_one_array_task_which_resumes_to_the_end(cluster, tmp_path):
     """USR1 to one task's batch shell (what --signal=B:USR1@300 sends): that task checkpoints, is requeued and
     resumes; the other task of the array, running beside it, is neither signalled nor requeued."""
-    epochs = 20
+    epochs = 40  # long enough that the signal lands mid-run (with the compiled CPU kernels SN trains fast)
     sweep = write_sweep(str(tmp_path), norms=("bn", "sn"), overrides=[
         f"train.epochs={epochs}", "checkpoint.every_iters=10", "checkpoint.every_epochs=0", "train.eval_every=10",
         "log.print_every=20", "log.tensorboard=false"])
