@@ -9,6 +9,7 @@ import norms
 from norms import SwitchNorm2d, SyncSwitchNorm2d
 from norms.kernels import cpu, cpu_build
 from tests.norms import reference as oracle
+from tests.norms.test_fused import make_pair, saved_numel
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -25,17 +26,8 @@ def compiled_kernels(monkeypatch):
 
 
 def make_layer(c, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    layer = SwitchNorm2d(c, impl="fused", **kwargs)
-    with torch.no_grad():
-        layer.weight.uniform_(0.5, 1.5)
-        layer.bias.uniform_(-0.5, 0.5)
-        layer.mean_weight.normal_()
-        layer.var_weight.normal_()
-        if layer.using_bn:
-            layer.running_mean.normal_()
-            layer.running_var.uniform_(0.5, 2.0)
-    return layer
+    """A float32 SwitchNorm2d with impl="fused" and random parameters and buffers (test_fused's pair)."""
+    return make_pair(c, dtype=torch.float32, seed=seed, **kwargs)[1]
 
 
 def run(layer, x, dy):
@@ -141,8 +133,6 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_saves_only_x_and_small_statistics():
-    from tests.norms.test_fused import saved_numel
-
     layer = make_layer(8, stat_groups=2)
     x = torch.randn(4, 8, 6, 6, requires_grad=True)
     n, c = x.shape[:2]
