@@ -15,8 +15,8 @@ DEFAULTS = {
     "cuda": dict(layer_batch=[32, 256], shape_size=224, precision=["fp32", "bf16"], repeats=10, warmup=3,
                  copy_mb=1024, min_sample_s=2e-3, depth=50, image_size=224, batch=[32, 256],
                  pipeline_images=2048, pipeline_unique=256, pipeline_batch=32, pipeline_repeats=3),
-    "cpu": dict(layer_batch=[8], shape_size=224, precision=["fp32", "bf16"], repeats=5, warmup=1, copy_mb=256,
-                min_sample_s=0.0, depth=50, image_size=112, batch=[8], pipeline_images=256, pipeline_unique=256,
+    "cpu": dict(layer_batch=[8], shape_size=224, precision=["fp32", "bf16"], repeats=5, warmup=2, copy_mb=256,
+                min_sample_s=20e-3, depth=50, image_size=112, batch=[8], pipeline_images=256, pipeline_unique=256,
                 pipeline_batch=32, pipeline_repeats=3),
     "quick": dict(layer_batch=[2], shape_size=64, precision=["fp32", "bf16"], repeats=1, warmup=1, copy_mb=8,
                   min_sample_s=0.0, depth=18, image_size=32, batch=[2], pipeline_images=16, pipeline_unique=4,
@@ -55,6 +55,8 @@ def parser():
     g.add_argument("--layer-batch", type=_list(int), help="samples per GPU N of the layer inputs")
     g.add_argument("--shape-size", type=int, help="image size at which ResNet-50's norm input shapes are taken")
     g.add_argument("--copy-mb", type=int, help="size of the tensor copied to measure the copy rate")
+    g.add_argument("--min-sample-ms", type=float, help="back-to-back calls per timed sample until a sample lasts "
+                   "this long (CUDA 2, CPU 20; 0: one call per sample)")
     g = p.add_argument_group("network")
     g.add_argument("--depth", type=int, choices=[18, 34, 50, 101, 152])
     g.add_argument("--image-size", type=int)
@@ -83,6 +85,10 @@ def settings(args):
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.min_sample_ms is not None:
+        if args.min_sample_ms < 0:
+            raise ValueError(f"--min-sample-ms must be >= 0, got {args.min_sample_ms}")
+        args.min_sample_s = args.min_sample_ms / 1e3
     if args.channels_last:
         args.layout = ["channels_last"]
     if variants.BASELINE not in args.variants:

@@ -45,7 +45,7 @@ def environment(device):
            "device": str(device), "python": platform.python_version(), "torch": torch.__version__,
            "torchvision": _version("torchvision"), "triton": _version("triton"), "git_commit": _git_commit(),
            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",

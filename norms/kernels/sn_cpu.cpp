@@ -1,8 +1,8 @@
 // Switchable Normalization forward and backward on the CPU in two passes each (norms/kernels/cpu.py).
 //
-// The per-(n, c) passes read float32 or bfloat16 activations in NCHW or channels_last order and
-// accumulate in double; the small (N, C) arithmetic (IN/LN/BN mixing and its closed-form
-// derivative) runs in double. Compiled on first use with the host's C++ compiler and loaded
+// The per-(n, c) passes read float32 or bfloat16 activations in NCHW or channels_last order,
+// accumulate shifted sums in float over at most 256 values and merge those in double; the small
+// (N, C) arithmetic (IN/LN/BN mixing and its closed-form derivative) runs in double. Compiled on first use with the host's C++ compiler and loaded
 // with ctypes, so it needs no PyTorch headers; OpenMP comes from the libgomp PyTorch loaded.
 //
 // Workspace (double, filled by sn_forward, read by sn_backward), for k statistics groups:
@@ -60,48 +60,116 @@ struct Ws {
   }
 };
 
-// Per-(n, c) mean and biased variance: sums shifted by the plane's first value, in double.
+// Reductions accumulate in float lanes over at most kRows positions (channels_last) or kRows vectors
+// of kLanes positions (NCHW) and then add into double, so the float rounding is that of a short sum
+// whatever H*W is. GCC lowers the 16-lane vector types to whatever the CPU has.
+typedef float v16 __attribute__((vector_size(64)));
+typedef double v16d __attribute__((vector_size(128)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+const long kLanes = 16, kRows = 16, kGroup = 256;
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline v16 load16(const bf16* p) {
+  v16h h;
+  std::memcpy(&h, p, sizeof h);
+  v16u bits = __builtin_convertvector(h, v16u) << 16;
+  v16 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
 template <class T>
-void moments(const T* x, int cl, long N, long C, long HW, double* mean, double* var, int threads) {
+inline v16 load_lanes(const T* p, long width) {  // the first `width` lanes, zeros after
+  if (width == kLanes) return load16(p);
+  float lanes[kLanes] = {0};
+  for (long i = 0; i < width; ++i) lanes[i] = load(p, i);
+  return load16(lanes);
+}
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void add_wide(double* p, const float* f) {  // p[0:16] += f[0:16]
+  v16d d;
+  std::memcpy(&d, p, sizeof d);
+  d += __builtin_convertvector(load16(f), v16d);
+  std::memcpy(p, &d, sizeof d);
+}
+
+// For every (n, c): with dy, a = sum dy and b = sum dy * (x - shift); without, a = sum (x - shift) and
+// b = sum (x - shift)^2; shift = float(center[n, c]), or the plane's first value without center.
+// Shifted sums stay exact when the mean is far larger than the spread. Calls out(i, shift, a, b).
+template <class T, class Out>
+void plane_sums(const T* x, const T* dy, int cl, long N, long C, long HW, const double* center, Out out,
+                int threads) {
   int nt = N * C * HW < kSerial ? 1 : threads;
   if (!cl) {
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (long i = 0; i < N * C; ++i) {
-      const T* p = x + i * HW;
-      double shift = load(p, 0), s1 = 0, s2 = 0;
-      for (long j = 0; j < HW; ++j) {
-        double d = double(load(p, j)) - shift;
-        s1 += d;
-        s2 += d * d;
+      const T *p = x + i * HW, *g = dy ? dy + i * HW : nullptr;
+      float shift = center ? float(center[i]) : load(p, 0);
+      v16 sh = shift - v16{};
+      v16d wa = {}, wb = {};
+      long j = 0;
+      while (j + kLanes <= HW) {
+        v16 va = {}, vb = {};
+        for (long r = 0; r < kRows && j + kLanes <= HW; ++r, j += kLanes) {
+          v16 d = load16(p + j) - sh;
+          v16 u = g ? load16(g + j) : d;
+          va += u;
+          vb += u * d;
+        }
+        wa += __builtin_convertvector(va, v16d), wb += __builtin_convertvector(vb, v16d);
       }
-      double m = s1 / HW;
-      mean[i] = shift + m;
-      var[i] = std::max(s2 / HW - m * m, 0.0);
+      double a = 0, b = 0;
+      for (long l = 0; l < kLanes; ++l) a += wa[l], b += wb[l];
+      for (; j < HW; ++j) {
+        double d = double(load(p, j)) - shift, u = g ? double(load(g, j)) : d;
+        a += u, b += u * d;
+      }
+      out(i, shift, a, b);
     }
     return;
   }
-  long blocks = (C + kBlock - 1) / kBlock;
+  // channels_last: a task is up to kGroup channels of one sample over all positions, read row by row
+  // (one contiguous stretch per position) into float accumulators that stay in L1.
+  long groups = (C + kGroup - 1) / kGroup;
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (long t = 0; t < N * blocks; ++t) {
-    long n = t / blocks, c0 = (t % blocks) * kBlock, cw = std::min(kBlock, C - c0);
-    const T* base = x + n * HW * C + c0;
-    double shift[kBlock], s1[kBlock] = {0}, s2[kBlock] = {0};
-    for (long c = 0; c < cw; ++c) shift[c] = load(base, c);
-    for (long j = 0; j < HW; ++j) {
-      const T* row = base + j * C;
-#pragma omp simd
-      for (long c = 0; c < cw; ++c) {
-        double d = double(load(row, c)) - shift[c];
-        s1[c] += d;
-        s2[c] += d * d;
+  for (long t = 0; t < N * groups; ++t) {
+    long n = t / groups, g0 = (t % groups) * kGroup, gw = std::min(kGroup, C - g0);
+    const T *base = x + n * HW * C + g0, *gbase = dy ? dy + n * HW * C + g0 : nullptr;
+    alignas(64) float shift[kGroup], fa[kGroup], fb[kGroup];
+    alignas(64) double a[kGroup] = {0}, b[kGroup] = {0};
+    for (long c = 0; c < gw; ++c) shift[c] = center ? float(center[n * C + g0 + c]) : load(base, c);
+    for (long j0 = 0; j0 < HW; j0 += kRows) {
+      std::fill(fa, fa + kGroup, 0.0f);
+      std::fill(fb, fb + kGroup, 0.0f);
+      for (long j = j0; j < std::min(HW, j0 + kRows); ++j) {
+        const T *row = base + j * C, *grow = gbase ? gbase + j * C : nullptr;
+        for (long c0 = 0; c0 < gw; c0 += kLanes) {
+          long cw = std::min(kLanes, gw - c0);
+          v16 d = load_lanes(row + c0, cw) - load16(shift + c0);
+          v16 u = grow ? load_lanes(grow + c0, cw) : d;
+          store16(fa + c0, load16(fa + c0) + u);
+          store16(fb + c0, load16(fb + c0) + u * d);
+        }
       }
+      for (long c0 = 0; c0 < gw; c0 += kLanes) add_wide(a + c0, fa + c0), add_wide(b + c0, fb + c0);
     }
-    for (long c = 0; c < cw; ++c) {
-      double m = s1[c] / HW;
-      mean[n * C + c0 + c] = shift[c] + m;
-      var[n * C + c0 + c] = std::max(s2[c] / HW - m * m, 0.0);
-    }
+    for (long c = 0; c < gw; ++c) out(n * C + g0 + c, shift[c], a[c], b[c]);
   }
+}
+
+// Per-(n, c) mean and biased variance.
+template <class T>
+void moments(const T* x, int cl, long N, long C, long HW, double* mean, double* var, int threads) {
+  double inv = 1.0 / HW;
+  plane_sums(x, (const T*)nullptr, cl, N, C, HW, nullptr, [=](long i, float shift, double a, double b) {
+    double m = a * inv;
+    mean[i] = shift + m;
+    var[i] = std::max(b * inv - m * m, 0.0);
+  }, threads);
 }
 
 // out = (x - m) * s + t, or with dy: out = s * dy + (x - m) * k1 + t, per-(n, c) float coefficients.
@@ -145,46 +213,14 @@ void elementwise(const T* x, const T* dy, T* out, int cl, long N, long C, long H
   }
 }
 
-// Per-(n, c) sums of dy and dy * (x - mean_in), in double.
+// Per-(n, c) sums of dy and dy * (x - mean_in), centered on float(mean_in) and corrected for the rounding.
 template <class T>
 void grad_sums(const T* x, const T* dy, int cl, long N, long C, long HW, const double* mean, double* s1,
                double* s2, int threads) {
-  int nt = N * C * HW < kSerial ? 1 : threads;
-  if (!cl) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (long i = 0; i < N * C; ++i) {
-      const T *p = x + i * HW, *g = dy + i * HW;
-      double mi = mean[i], a = 0, b = 0;
-      for (long j = 0; j < HW; ++j) {
-        double gj = load(g, j);
-        a += gj;
-        b += gj * (double(load(p, j)) - mi);
-      }
-      s1[i] = a;
-      s2[i] = b;
-    }
-    return;
-  }
-  long blocks = (C + kBlock - 1) / kBlock;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (long t = 0; t < N * blocks; ++t) {
-    long n = t / blocks, c0 = (t % blocks) * kBlock, cw = std::min(kBlock, C - c0);
-    const double* mi = mean + n * C + c0;
-    double a[kBlock] = {0}, b[kBlock] = {0};
-    for (long j = 0; j < HW; ++j) {
-      long off = (n * HW + j) * C + c0;
-#pragma omp simd
-      for (long c = 0; c < cw; ++c) {
-        double gj = load(dy + off, c);
-        a[c] += gj;
-        b[c] += gj * (double(load(x + off, c)) - mi[c]);
-      }
-    }
-    for (long c = 0; c < cw; ++c) {
-      s1[n * C + c0 + c] = a[c];
-      s2[n * C + c0 + c] = b[c];
-    }
-  }
+  plane_sums(x, dy, cl, N, C, HW, mean, [=](long i, float shift, double a, double b) {
+    s1[i] = a;
+    s2[i] = b - (mean[i] - double(shift)) * a;
+  }, threads);
 }
 
 void softmax(const float* logits, int nb, double* out) {
@@ -215,9 +251,12 @@ void mix(const Ws& w, long N, long C, long HW, long k, int nb, const float* run_
     w.ln_var[n] = f * sv / C + sd / C;
   }
   long per = N / k;
-  if (nb == 3 && run_mean) {
+  if (nb != 3) {  // no BN branch: zeros keep the backward's loops free of branches
+    std::fill(w.bn_mean, w.bn_mean + k * C, 0.0);
+    std::fill(w.bn_var, w.bn_var + k * C, 0.0);
+  } else if (run_mean) {
     for (long c = 0; c < C; ++c) w.bn_mean[c] = run_mean[c], w.bn_var[c] = run_var[c];
-  } else if (nb == 3) {
+  } else {
     for (long g = 0; g < k; ++g) {
       double *bm = w.bn_mean + g * C, *bv = w.bn_var + g * C;
       for (long c = 0; c < C; ++c) bm[c] = bv[c] = 0;
@@ -312,36 +351,34 @@ void backward(const T* x, const T* dy, T* dx, int cl, long N, long C, long HW, c
       dw[c] += d_scale * r;
       da0 += gm[c] * mi[c], da1 += gm[c] * lm;
       dv0 += gv[c] * f * vb[c], dv1 += gv[c] * lv;
-      if (nb == 3) da2 += gm[c] * bm[c], dv2 += gv[c] * bv[c];
+      da2 += gm[c] * bm[c], dv2 += gv[c] * bv[c];  // bm, bv are 0 without the BN branch
       rm += gm[c], rv += gv[c];
       cm[c] += gm[c], cv[c] += gv[c];
     }
     row_mu[n] = rm, row_v[n] = rv;
   }
-  double da[3] = {da0, da1, da2}, dvw[3] = {dv0, dv1, dv2};
+  double da[3] = {da0, da1, da2}, dvw[3] = {dv0, dv1, dv2}, inv_c = 1.0 / C, inv_per = 1.0 / per,
+         inv_hw = 1.0 / HW;
   double wa0 = w.a[0], wa1 = w.a[1], wa2 = w.a[2], wb0 = w.b[0], wb1 = w.b[1], wb2 = w.b[2];
-  bool batch_bn = nb == 3 && !eval;
+  bool batch_bn = nb == 3 && !eval;  // only then the BN statistics depend on mean_in and var_b
+  double cm_w = batch_bn ? wa2 * inv_per : 0.0, cv_w = batch_bn ? wb2 * inv_per : 0.0;
   float *m = scratch<float>(4 * nc, 1), *s = m + nc, *k1 = s + nc, *k0 = k1 + nc;
   for (long n = 0; n < N; ++n) {
     long g = n / per;
     const double *mi = w.mean_in + n * C, *rs = w.rstd + n * C, *gm = dmu + n * C, *gv = dv + n * C;
     const double *bm = w.bn_mean + g * C, *cm = col_mu + g * C, *cv = col_v + g * C;
-    double lm = w.ln_mean[n], row_m = wa1 * row_mu[n] / C, row_v2 = wb1 * row_v[n] * 2.0 / C,
-           row_vv = wb1 * row_v[n] / C;
+    double lm = w.ln_mean[n], row_m = wa1 * row_mu[n] * inv_c, row_v2 = wb1 * row_v[n] * 2.0 * inv_c,
+           row_vv = wb1 * row_v[n] * inv_c;
     float *mo = m + n * C, *so = s + n * C, *k1o = k1 + n * C, *k0o = k0 + n * C;
 #pragma omp simd
     for (long c = 0; c < C; ++c) {
-      double g_mean = wa0 * gm[c] + row_m + row_v2 * (mi[c] - lm);
-      double g_var = wb0 * gv[c] + row_vv;
-      if (batch_bn) {
-        g_mean += wa2 * cm[c] / per + wb2 * cv[c] * 2.0 / per * (mi[c] - bm[c]);
-        g_var += wb2 * cv[c] / per;
-      }
+      double g_mean = wa0 * gm[c] + row_m + row_v2 * (mi[c] - lm) + cm_w * cm[c] + 2.0 * cv_w * cv[c] * (mi[c] - bm[c]);
+      double g_var = wb0 * gv[c] + row_vv + cv_w * cv[c];
       // dx = scale * dy + (2 f g_var / HW) * (x - mean_in) + g_mean / HW
       mo[c] = float(mi[c]);
       so[c] = float(weight[c] * rs[c]);
-      k1o[c] = float(2.0 * f * g_var / HW);
-      k0o[c] = float(g_mean / HW);
+      k1o[c] = float(2.0 * f * g_var * inv_hw);
+      k0o[c] = float(g_mean * inv_hw);
     }
   }
   elementwise(x, dy, dx, cl, N, C, HW, m, s, k1, k0, threads);
