@@ -67,7 +67,7 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef double v16d __attribute__((vector_size(128)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
-const long kLanes = 16, kRows = 16, kGroup = 256;
+const long kLanes = 16, kRows = 16, kGroup = 64;
 
 inline v16 load16(const float* p) {
   v16 v;
@@ -85,15 +85,16 @@ inline v16 load16(const bf16* p) {
 template <class T>
 inline v16 load_lanes(const T* p, long width) {  // the first `width` lanes, zeros after
   if (width == kLanes) return load16(p);
+  if (width <= 0) return v16{};
   float lanes[kLanes] = {0};
   for (long i = 0; i < width; ++i) lanes[i] = load(p, i);
   return load16(lanes);
 }
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-inline void add_wide(double* p, const float* f) {  // p[0:16] += f[0:16]
+inline void add_wide(double* p, v16 f) {  // p[0:16] += f
   v16d d;
   std::memcpy(&d, p, sizeof d);
-  d += __builtin_convertvector(load16(f), v16d);
+  d += __builtin_convertvector(f, v16d);
   std::memcpy(p, &d, sizeof d);
 }
 
@@ -132,30 +133,35 @@ void plane_sums(const T* x, const T* dy, int cl, long N, long C, long HW, const 
     }
     return;
   }
-  // channels_last: a task is up to kGroup channels of one sample over all positions, read row by row
-  // (one contiguous stretch per position) into float accumulators that stay in L1.
+  // channels_last: a task is kGroup = 4 x 16 channels of one sample over all positions, summed in
+  // registers over kRows positions at a time (256 contiguous bytes of fp32 per position and tensor).
   long groups = (C + kGroup - 1) / kGroup;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (long t = 0; t < N * groups; ++t) {
     long n = t / groups, g0 = (t % groups) * kGroup, gw = std::min(kGroup, C - g0);
+    long w0 = std::min(kLanes, gw), w1 = std::min(kLanes, std::max(0L, gw - kLanes)),
+         w2 = std::min(kLanes, std::max(0L, gw - 2 * kLanes)), w3 = std::max(0L, gw - 3 * kLanes);
     const T *base = x + n * HW * C + g0, *gbase = dy ? dy + n * HW * C + g0 : nullptr;
-    alignas(64) float shift[kGroup], fa[kGroup], fb[kGroup];
+    alignas(64) float shift[kGroup] = {0};
     alignas(64) double a[kGroup] = {0}, b[kGroup] = {0};
     for (long c = 0; c < gw; ++c) shift[c] = center ? float(center[n * C + g0 + c]) : load(base, c);
+    v16 h0 = load16(shift), h1 = load16(shift + 16), h2 = load16(shift + 32), h3 = load16(shift + 48);
     for (long j0 = 0; j0 < HW; j0 += kRows) {
-      std::fill(fa, fa + kGroup, 0.0f);
-      std::fill(fb, fb + kGroup, 0.0f);
+      v16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
       for (long j = j0; j < std::min(HW, j0 + kRows); ++j) {
         const T *row = base + j * C, *grow = gbase ? gbase + j * C : nullptr;
-        for (long c0 = 0; c0 < gw; c0 += kLanes) {
-          long cw = std::min(kLanes, gw - c0);
-          v16 d = load_lanes(row + c0, cw) - load16(shift + c0);
-          v16 u = grow ? load_lanes(grow + c0, cw) : d;
-          store16(fa + c0, load16(fa + c0) + u);
-          store16(fb + c0, load16(fb + c0) + u * d);
+        v16 d0 = load_lanes(row, w0) - h0, d1 = load_lanes(row + 16, w1) - h1;
+        v16 d2 = load_lanes(row + 32, w2) - h2, d3 = load_lanes(row + 48, w3) - h3;
+        v16 u0 = d0, u1 = d1, u2 = d2, u3 = d3;
+        if (grow) {
+          u0 = load_lanes(grow, w0), u1 = load_lanes(grow + 16, w1);
+          u2 = load_lanes(grow + 32, w2), u3 = load_lanes(grow + 48, w3);
         }
+        a0 += u0, a1 += u1, a2 += u2, a3 += u3;
+        b0 += u0 * d0, b1 += u1 * d1, b2 += u2 * d2, b3 += u3 * d3;
       }
-      for (long c0 = 0; c0 < gw; c0 += kLanes) add_wide(a + c0, fa + c0), add_wide(b + c0, fb + c0);
+      add_wide(a, a0), add_wide(a + 16, a1), add_wide(a + 32, a2), add_wide(a + 48, a3);
+      add_wide(b, b0), add_wide(b + 16, b1), add_wide(b + 32, b2), add_wide(b + 48, b3);
     }
     for (long c = 0; c < gw; ++c) out(n * C + g0 + c, shift[c], a[c], b[c]);
   }
