@@ -9,6 +9,7 @@ from benchmarks.cli import main
     (["--device", "cpu", "--variants", "gn,sn-reference"], "--variants must include bn"),
     (["--device", "cpu", "--warmup", "0"], "--warmup must be >= 1"),
     (["--device", "cpu", "--repeats", "0"], "--repeats must be >= 1"),
+    (["--device", "cpu", "--min-sample-ms", "-1"], "--min-sample-ms must be >= 0"),
     (["--device", "cpu", "--batch", "0"], "--layer-batch and --batch need values >= 1"),
     (["--device", "cpu", "--json", "/nonexistent-folder/out.json"], "its folder does not exist"),
 ])

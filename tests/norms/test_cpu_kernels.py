@@ -60,7 +60,8 @@ def assert_close(got, want, rtol, atol):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape,groups,using_bn", [
     ((4, 6, 5, 3), 1, True), ((4, 6, 5, 3), 2, True), ((6, 3, 1, 1), 3, True),
-    ((2, 130, 3, 2), 1, True), ((3, 70, 4, 4), 1, False)])  # C > 64: several channel blocks
+    ((2, 130, 3, 2), 1, True), ((3, 70, 4, 4), 1, False),  # C > 64: several channel blocks
+    ((2, 20, 41, 39), 2, True)])  # 1599 positions: many float partial sums merged in double, and a tail
 @pytest.mark.parametrize("training", [True, False])
 def test_float32_matches_float64_oracle(layout, shape, groups, using_bn, training):
     layer = make_layer(shape[1], using_bn=using_bn, stat_groups=groups, momentum=0.2).train(training)
