@@ -118,3 +118,9 @@ class ImplChoice:
         if x.is_cuda:
             return kernels.backend(x) if kernels.wants_triton(x) else None
         return kernels.eager if self.fused_faster_on_cpu else None
+
+    def _use_cpu_kernels(self, x):
+        """Whether the compiled CPU kernels (norms/kernels/cpu.py) may run x: 'fused', or 'auto' outside torch.compile."""
+        if x.device.type != "cpu" or self._impl == "reference" or kernels.wants_triton(x):
+            return False
+        return self._impl == "fused" or not torch.compiler.is_compiling()

@@ -2,7 +2,8 @@
 import torch
 import torch.nn as nn
 
-from .fused import ImplChoice, fused_norm
+from .fused import ImplChoice, fused_norm, outside_compiler
+from .kernels import cpu as cpu_kernels
 
 
 class GroupNorm2d(ImplChoice, nn.GroupNorm):
@@ -11,8 +12,9 @@ class GroupNorm2d(ImplChoice, nn.GroupNorm):
     impl="fused" normalizes 4-D inputs with the per-(n, c) kernels: group statistics are merged
     exactly from the per-channel moments (mean of means; mean of variances plus variance of the
     means), and channels_last input is read in place, where PyTorch's CUDA group_norm copies it
-    to contiguous and back. "reference" is nn.GroupNorm's own forward, which "auto" also uses on
-    the CPU, where torch's native kernel is faster; other input ranks always use it.
+    to contiguous and back. On the CPU "fused" and "auto" run the compiled kernels (gn_cpu.cpp)
+    for float32/bfloat16 4-D input, else nn.GroupNorm's own forward ("auto") or the torch-op fused
+    path ("fused"). "reference" is nn.GroupNorm's own forward; other input ranks always use it.
     """
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, impl="auto"):
@@ -23,12 +25,19 @@ class GroupNorm2d(ImplChoice, nn.GroupNorm):
         return f"{super().extra_repr()}, impl={self.impl!r}"
 
     def forward(self, x):
-        prims = self._fused_prims(x) if x.dim() == 4 else None
-        if prims is None:
+        if x.dim() != 4:
             return super().forward(x)
         if x.shape[1] != self.num_channels:
             raise ValueError(f"{type(self).__name__} expects {self.num_channels} channels, got input of shape "
                              f"{tuple(x.shape)}")
+        if self._use_cpu_kernels(x):
+            lib = cpu_kernels.library_for(x, (self.weight, self.bias))
+            if lib is not None:
+                return outside_compiler(cpu_kernels.group_norm)(lib, x, self.weight, self.bias, self.num_groups,
+                                                                self.eps)
+        prims = self._fused_prims(x)
+        if prims is None:
+            return super().forward(x)
         return fused_norm(x, self._fused_stats, self.bias, (self.weight,), prims)
 
     def _fused_stats(self, mean_in, var_biased, count, leaves, record):

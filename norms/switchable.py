@@ -5,7 +5,7 @@ import torch.nn as nn
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
 from .fused import ImplChoice, fused_norm, outside_compiler
-from .kernels import cpu as cpu_kernels, eager
+from .kernels import cpu as cpu_kernels
 from .running import RunningStatsMixin
 
 
@@ -88,7 +88,7 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         check_4d(x, type(self).__name__)
         running = (self.running_mean, self.running_var) if self.using_bn and not self.training else ()
         prims = self._fused_prims(x)
-        if prims is eager and self._bn_is_local():
+        if self._use_cpu_kernels(x) and self._bn_is_local():
             y = outside_compiler(self._forward_cpu_kernels)(x, running)
             if y is not None:
                 return y

@@ -1,9 +1,10 @@
-"""SwitchNorm2d's whole forward and backward on the CPU as two compiled calls (sn_cpu.cpp).
+"""SwitchNorm2d's and GroupNorm2d's whole forward and backward on the CPU as two compiled calls each.
 
 Forward: one pass for the per-(n, c) moments, the IN/LN/BN mixing in double, one pass writing y.
 Backward: one pass over (x, dy) for the per-(n, c) sums, the closed-form derivative of the mixing
-in double, one pass writing dx. Saved for backward: x and an (N, C)-sized double workspace. Float32
-and bfloat16 inputs, NCHW or channels_last; anything else takes the torch-op fused path (`library_for`).
+in double, one pass writing dx (sn_cpu.cpp; GN, IN and LN the same way with exact group merges,
+gn_cpu.cpp). Saved for backward: x and an (N, C)-sized double workspace. Float32 and bfloat16 inputs,
+NCHW or channels_last; anything else takes the layer's other paths (`library_for`).
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -27,6 +28,8 @@ def library_for(x, tensors):
     if x.dtype not in DTYPES or x.device.type != "cpu" or x.numel() == 0 or _layout(x) is None:
         return None
     for t in tensors:
+        if t is None:
+            continue
         if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
             return None
     return cpu_build.library()[0]
@@ -92,3 +95,36 @@ def switch_norm(lib, x, weight, bias, mean_logits, var_logits, running=(), group
     y = _SwitchNormCPU.apply(lib, x, weight, bias, mean_logits, var_logits, tuple(running), groups, eps, tuple(ema),
                              momentum, workspace)
     return y, workspace
+
+
+class _GroupNormCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lib, x, weight, bias, groups, eps):
+        n, c, h, w = x.shape
+        layout = _layout(x)
+        y = torch.empty_like(x, memory_format=torch.channels_last if layout else torch.contiguous_format)
+        workspace = torch.empty(2 * n * c + 2 * n * groups, dtype=torch.float64)
+        lib.gn_forward(x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, groups, _ptr(weight),
+                       _ptr(bias), eps, workspace.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(x, weight, workspace)
+        ctx.lib, ctx.layout, ctx.groups = lib, layout, groups
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, workspace = ctx.saved_tensors
+        n, c, h, w = x.shape
+        fmt = torch.channels_last if ctx.layout else torch.contiguous_format
+        dy = dy.to(x.dtype).contiguous(memory_format=fmt)
+        dx = torch.empty_like(x, memory_format=fmt)
+        d_weight, d_bias = (None, None) if weight is None else (torch.empty(c), torch.empty(c))
+        ctx.lib.gn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
+                            ctx.groups, _ptr(weight), workspace.data_ptr(), _ptr(d_weight), _ptr(d_bias),
+                            torch.get_num_threads())
+        return None, dx, d_weight, d_bias, None, None
+
+
+def group_norm(lib, x, weight, bias, groups, eps):
+    """F.group_norm(x, groups, weight, bias, eps) for a 4-D x (`lib` from `library_for`; weight/bias may be None)."""
+    return _GroupNormCPU.apply(lib, x, weight, bias, groups, eps)

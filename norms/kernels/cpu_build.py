@@ -1,7 +1,8 @@
-"""Compile norms/kernels/sn_cpu.cpp on first use and load it with ctypes; None (and why) where that cannot work.
+"""Compile the CPU norm kernels (sn_cpu.cpp, gn_cpu.cpp, nc_passes.h) on first use into one library and load it
+with ctypes; None (and why) where that cannot work.
 
 The library is cached under $NORMS_KERNEL_CACHE (default ~/.cache/norms-kernels), named by a hash
-of the source, the compiler's version, the flags and the CPU model, so a home directory shared by
+of the sources, the compiler's version, the flags and the CPU model, so a home directory shared by
 different cluster nodes never runs code built for another CPU (-march=native). Ranks compiling
 at once each write their own temporary file and rename it into place. NORMS_CPU_KERNELS=0
 disables the kernels (the torch-op fused path then runs).
@@ -15,7 +16,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("sn_cpu.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("sn_cpu.cpp", "gn_cpu.cpp")]
+HEADERS = [Path(__file__).with_name("nc_passes.h")]
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _cached = None  # (library or None, reason)
@@ -39,6 +41,10 @@ def _declare(lib):
     lib.sn_forward.restype = None
     lib.sn_backward.argtypes = [p, p, p, i, i, L, L, L, p, i, i, L, p, p, p, p, p, i]
     lib.sn_backward.restype = None
+    lib.gn_forward.argtypes = [p, p, i, i, L, L, L, L, p, p, d, p, i]
+    lib.gn_forward.restype = None
+    lib.gn_backward.argtypes = [p, p, p, i, i, L, L, L, L, p, p, p, p, i]
+    lib.gn_backward.restype = None
     return lib
 
 
@@ -48,18 +54,18 @@ def build(cache_dir=None):
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX, or install g++)")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(),
+    sources = [path.read_bytes() for path in SOURCES + HEADERS]
+    key = hashlib.sha256(b"\0".join([*sources, version.encode(), " ".join(FLAGS).encode(),
                                      _cpu_model().encode()])).hexdigest()[:16]
     cache = Path(cache_dir or os.environ.get("NORMS_KERNEL_CACHE") or Path.home() / ".cache" / "norms-kernels")
-    target = cache / f"sn_cpu-{key}.so"
+    target = cache / f"norms_cpu-{key}.so"
     if target.exists():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache, prefix=".tmp-", suffix=".so")
     os.close(fd)
     try:
-        done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        done = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{cxx} failed: {done.stderr.strip().splitlines()[-1:]}")
         os.replace(tmp, target)
@@ -78,6 +84,7 @@ def library():
         try:
             _cached = (_declare(ctypes.CDLL(str(build()))), "")
         except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-            _cached = (None, f"CPU SN kernels unavailable ({error}); using the torch-op fused path")
+            _cached = (None, f"compiled CPU norm kernels unavailable ({error}); using the torch-op fused path "
+                             "(SN) and nn.GroupNorm (GN)")
             warnings.warn(_cached[1], RuntimeWarning, stacklevel=2)
     return _cached
