@@ -39,6 +39,17 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
+def _empty_output(x, layout):
+    return torch.empty_like(x, memory_format=torch.channels_last if layout else torch.contiguous_format)
+
+
+def _backward_tensors(ctx, dy):
+    """(x, weight, workspace) saved by a forward, dy in x's dtype and layout, and an empty dx."""
+    x, weight, workspace = ctx.saved_tensors
+    fmt = torch.channels_last if ctx.layout else torch.contiguous_format
+    return x, weight, workspace, dy.to(x.dtype).contiguous(memory_format=fmt), _empty_output(x, ctx.layout)
+
+
 def workspace_size(n, c, k):
     """Doubles in the kernels' workspace (the layout is documented in sn_cpu.cpp)."""
     return 6 + 4 * n * c + 2 * n + 2 * k * c
@@ -55,7 +66,7 @@ class _SwitchNormCPU(torch.autograd.Function):
     def forward(ctx, lib, x, weight, bias, mean_logits, var_logits, running, groups, eps, ema, momentum, workspace):
         n, c, h, w = x.shape
         layout = _layout(x)
-        y = torch.empty_like(x, memory_format=torch.channels_last if layout else torch.contiguous_format)
+        y = _empty_output(x, layout)
         run_mean, run_var = running or (None, None)
         ema_mean, ema_var = ema or (None, None)
         lib.sn_forward(x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, weight.data_ptr(),
@@ -69,11 +80,8 @@ class _SwitchNormCPU(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight, workspace = ctx.saved_tensors
+        x, weight, workspace, dy, dx = _backward_tensors(ctx, dy)
         n, c, h, w = x.shape
-        fmt = torch.channels_last if ctx.layout else torch.contiguous_format
-        dy = dy.to(x.dtype).contiguous(memory_format=fmt)
-        dx = torch.empty_like(x, memory_format=fmt)
         d_weight, d_bias, d_mean, d_var = (torch.empty(size) for size in (c, c, ctx.branches, ctx.branches))
         ctx.lib.sn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
                         weight.data_ptr(), ctx.branches, int(ctx.eval), ctx.groups, workspace.data_ptr(),
@@ -102,7 +110,7 @@ class _GroupNormCPU(torch.autograd.Function):
     def forward(ctx, lib, x, weight, bias, groups, eps):
         n, c, h, w = x.shape
         layout = _layout(x)
-        y = torch.empty_like(x, memory_format=torch.channels_last if layout else torch.contiguous_format)
+        y = _empty_output(x, layout)
         workspace = torch.empty(2 * n * c + 2 * n * groups, dtype=torch.float64)
         lib.gn_forward(x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, groups, _ptr(weight),
                        _ptr(bias), eps, workspace.data_ptr(), torch.get_num_threads())
@@ -113,11 +121,8 @@ class _GroupNormCPU(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight, workspace = ctx.saved_tensors
+        x, weight, workspace, dy, dx = _backward_tensors(ctx, dy)
         n, c, h, w = x.shape
-        fmt = torch.channels_last if ctx.layout else torch.contiguous_format
-        dy = dy.to(x.dtype).contiguous(memory_format=fmt)
-        dx = torch.empty_like(x, memory_format=fmt)
         d_weight, d_bias = (None, None) if weight is None else (torch.empty(c), torch.empty(c))
         ctx.lib.gn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
                             ctx.groups, _ptr(weight), workspace.data_ptr(), _ptr(d_weight), _ptr(d_bias),

@@ -30,12 +30,12 @@ def make_layer(c, seed=0, **kwargs):
     return make_pair(c, dtype=torch.float32, seed=seed, **kwargs)[1]
 
 
-def run(layer, x, dy):
+def run(layer, x, dy, kernel="_SwitchNormCPUBackward"):
     """(y, dx, parameter grads) of sum(layer(x) * dy), checking the compiled kernels ran."""
     layer.zero_grad()
     x = x.detach().clone().requires_grad_()
     y = layer(x)
-    assert type(y.grad_fn).__name__ == "_SwitchNormCPUBackward"
+    assert type(y.grad_fn).__name__ == kernel
     (y * dy).sum().backward()
     return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()]
 
@@ -117,16 +117,19 @@ def test_batch_average_mode_and_recalibration_use_the_kernel_statistics():
     torch.testing.assert_close(layer.running_mean.double(), mean_in.mean((0, 1)), rtol=1e-6, atol=1e-6)
 
 
-def test_results_do_not_depend_on_the_thread_count():
-    layer = make_layer(96)
-    x = torch.randn(8, 96, 20, 20).contiguous(memory_format=torch.channels_last)  # above the one-thread size
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", ["sn", "gn"])
+def test_results_do_not_depend_on_the_thread_count(kind, layout):
+    layer = make_layer(96) if kind == "sn" else norms.GroupNorm2d(8, 96)
+    kernel = "_SwitchNormCPUBackward" if kind == "sn" else "_GroupNormCPUBackward"
+    x = torch.randn(8, 96, 20, 20).contiguous(memory_format=LAYOUTS[layout])  # above the one-thread size
     dy = torch.randn_like(x)
     threads = torch.get_num_threads()
     try:
         out = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            out.append(run(copy.deepcopy(layer), x, dy))
+            out.append(run(copy.deepcopy(layer), x, dy, kernel))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip([out[0][0], out[0][1], *out[0][2]], [out[1][0], out[1][1], *out[1][2]]):
