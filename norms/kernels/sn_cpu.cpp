@@ -1,9 +1,10 @@
 // Switchable Normalization forward and backward on the CPU in two passes each (norms/kernels/cpu.py).
 //
-// The per-(n, c) passes read float32 or bfloat16 activations in NCHW or channels_last order,
-// accumulate shifted sums in float over at most 256 values and merge those in double; the small
-// (N, C) arithmetic (IN/LN/BN mixing and its closed-form derivative) runs in double. Compiled on first use with the host's C++ compiler and loaded
-// with ctypes, so it needs no PyTorch headers; OpenMP comes from the libgomp PyTorch loaded.
+// The per-(n, c) passes (nc_passes.h) read float32 or bfloat16 activations in NCHW or channels_last
+// order and accumulate shifted sums in float vector lanes, each over at most 16 values, merged in
+// double; the small (N, C) arithmetic (IN/LN/BN mixing and its closed-form derivative) runs in
+// double. Compiled on first use with the host's C++ compiler (cpu_build.py) and loaded with ctypes,
+// so it needs no PyTorch headers; OpenMP comes from the libgomp PyTorch loaded.
 //
 // Workspace (double, filled by sn_forward, read by sn_backward), for k statistics groups:
 //   a[3], b[3] softmax mean/var weights | mean_in[NC] | var_b[NC] biased | mu[NC] mixed mean |
