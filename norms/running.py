@@ -32,7 +32,7 @@ class RunningStatsMixin:
         if self._population is not None:
             self._population.add(mean, var, count)
             return
-        mean, var = mean.mean(0), var.mean(0)
+        mean, var = (mean[0], var[0]) if mean.shape[0] == 1 else (mean.mean(0), var.mean(0))  # one launch less
         tracked = getattr(self, "num_batches_tracked", None)
         if tracked is not None:
             tracked.add_(1)

@@ -5,6 +5,7 @@ import torch.nn as nn
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
 from .fused import ImplChoice, fused_norm, outside_compiler
+from . import kernels
 from .kernels import cpu as cpu_kernels
 from .running import RunningStatsMixin
 
@@ -31,12 +32,13 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
 
     impl: "reference" is the code below; "fused" (norms.fused) reads x once for the per-(n, c)
     moments and once to normalize, and once more with dy for the sums the backward needs and once
-    to write dx, with Triton kernels on CUDA (NCHW and channels_last, fp32/bf16/fp16/fp64 inputs,
-    fp32 or fp64 accumulation), compiled C++ kernels on the CPU for float32/bf16 (norms/kernels/
-    cpu.py: the mixing and its closed-form derivative in double) and torch ops elsewhere; it saves
-    only x and (N, C) statistics for backward. All share the contract above (the Triton and torch-op
-    paths run `_mix` itself). "auto" (default): fused on CUDA with Triton and on the CPU (measured
-    faster), reference under torch.compile. Tested
+    to write dx. On CUDA these are Triton kernels (NCHW and channels_last, fp32/bf16/fp16/fp64
+    inputs, fp32 or fp64 accumulation) with the mixing and its closed-form derivative inside them,
+    four launches forward and four backward (norms/kernels/triton_sn.py); on the CPU compiled C++
+    kernels for float32/bf16 (norms/kernels/cpu.py, the mixing in double); torch ops elsewhere and
+    for SyncSwitchNorm2d across processes (whose backward re-runs `_mix` with autograd, all-reduce
+    included). It saves only x and (N, C) statistics for backward. "auto" (default): fused on CUDA
+    with Triton and on the CPU (measured faster), reference under torch.compile. Tested
     agreement: float64 fused vs reference within 1e-10 (outputs, all gradients, buffers); float32
     within 1e-5; low-precision inputs vs the float64 oracle within the output dtype's rounding
     (2^-7 relative for bf16). Float32 is accurate to a few ulps of the input's mean: at mean 1e4,
@@ -92,6 +94,8 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
             y = outside_compiler(self._forward_cpu_kernels)(x, running)
             if y is not None:
                 return y
+        if prims is not None and kernels.wants_triton(x) and self._bn_is_local():
+            return outside_compiler(self._forward_triton)(x, running)
         if prims is not None:
             return fused_norm(x, self._fused_stats, self.bias,
                               (self.weight, self.mean_weight, self.var_weight, *running), prims)
@@ -123,6 +127,17 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         y, workspace = cpu_kernels.switch_norm(lib, x, *params, running, k, self.eps, ema, self.momentum)
         if batch_bn and self._population is not None:
             self._population.add(*cpu_kernels.batch_statistics(workspace, n, c, k), n // k)
+        return y
+
+    def _forward_triton(self, x, running):
+        """y from the whole-layer Triton kernels (norms/kernels/triton_sn.py); the buffers move in `_record`."""
+        batch_bn = self.using_bn and not running
+        if batch_bn:
+            check_groups(x.shape[0], self.stat_groups, type(self).__name__)
+        y, bn = kernels.sn_kernels().switch_norm(x, self.weight, self.bias, self.mean_weight, self.var_weight, running,
+                                                self.stat_groups if batch_bn else 1, self.eps)
+        if batch_bn:
+            self._record(bn[:, 0], bn[:, 1], x.shape[0] // self.stat_groups)
         return y
 
     def _mix(self, mean_in, var_in, mean_logits, var_logits, running, record):

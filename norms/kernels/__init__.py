@@ -32,6 +32,13 @@ def _kernels():
     return _triton_nc
 
 
+def sn_kernels():
+    """norms.kernels.triton_sn (SwitchNorm2d's whole-layer Triton kernels), imported on first use like triton_nc."""
+    _kernels()
+    from . import triton_sn as module
+    return module
+
+
 def wants_triton(x):
     """True where the Triton kernels can run x: CUDA tensors, or any tensor under TRITON_INTERPRET=1."""
     if x.numel() == 0 or not triton_available():

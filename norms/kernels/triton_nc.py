@@ -86,6 +86,18 @@ def _moments_kernel(x_ptr, mean_ptr, m2_ptr, C, cblocks, L, chunk, S, sxn, sxc, 
 
 
 @triton.jit
+def _affine_tiles(x_ptr, y_ptr, n, c, cmask, lo, hi, m, scale, shift, sxn, sxc, sxl, syn, syc, syl,
+                  ACC: tl.constexpr, BLOCK_L: tl.constexpr):
+    """y = (x - m) * scale + shift over positions [lo, hi) of sample n, channels c; m, scale, shift [BLOCK_C, 1]."""
+    for l0 in range(lo, hi, BLOCK_L):
+        l, lmask = _positions(l0, hi, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        v = tl.load(_at(x_ptr, n, c, l, sxn, sxc, sxl), mask=mask, other=0.0).to(ACC)
+        y = (v - m) * scale + shift
+        tl.store(_at(y_ptr, n, c, l, syn, syc, syl), y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _apply_kernel(x_ptr, y_ptr, m_ptr, scale_ptr, shift_ptr, C, cblocks, L, chunk, sxn, sxc, sxl, syn, syc, syl,
                   ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     n, c, cmask = _channels(tl.program_id(0), cblocks, C, BLOCK_C)
@@ -94,12 +106,7 @@ def _apply_kernel(x_ptr, y_ptr, m_ptr, scale_ptr, shift_ptr, C, cblocks, L, chun
     m = tl.load(m_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
     scale = tl.load(scale_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
     shift = tl.load(shift_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
-    for l0 in range(lo, hi, BLOCK_L):
-        l, lmask = _positions(l0, hi, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        v = tl.load(_at(x_ptr, n, c, l, sxn, sxc, sxl), mask=mask, other=0.0).to(ACC)
-        y = (v - m) * scale + shift
-        tl.store(_at(y_ptr, n, c, l, syn, syc, syl), y.to(y_ptr.dtype.element_ty), mask=mask)
+    _affine_tiles(x_ptr, y_ptr, n, c, cmask, lo, hi, m, scale, shift, sxn, sxc, sxl, syn, syc, syl, ACC, BLOCK_L)
 
 
 @triton.jit
@@ -125,6 +132,19 @@ def _grad_sums_kernel(x_ptr, dy_ptr, m_ptr, sdy_ptr, sdyxc_ptr, C, cblocks, L, c
 
 
 @triton.jit
+def _grad_input_tiles(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, m, scale, k1, k0, sxn, sxc, sxl, sgn, sgc, sgl,
+                      sdn, sdc, sdl, ACC: tl.constexpr, BLOCK_L: tl.constexpr):
+    """dx = scale * dy + k1 * (x - m) + k0 over positions [lo, hi) of sample n, channels c (coefficients [BLOCK_C, 1])."""
+    for l0 in range(lo, hi, BLOCK_L):
+        l, lmask = _positions(l0, hi, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        v = tl.load(_at(x_ptr, n, c, l, sxn, sxc, sxl), mask=mask, other=0.0).to(ACC)
+        g = tl.load(_at(dy_ptr, n, c, l, sgn, sgc, sgl), mask=mask, other=0.0).to(ACC)
+        dx = scale * g + k1 * (v - m) + k0
+        tl.store(_at(dx_ptr, n, c, l, sdn, sdc, sdl), dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, m_ptr, scale_ptr, k1_ptr, k0_ptr, C, cblocks, L, chunk,
                        sxn, sxc, sxl, sgn, sgc, sgl, sdn, sdc, sdl,
                        ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -135,13 +155,8 @@ def _grad_input_kernel(x_ptr, dy_ptr, dx_ptr, m_ptr, scale_ptr, k1_ptr, k0_ptr, 
     scale = tl.load(scale_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
     k1 = tl.load(k1_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
     k0 = tl.load(k0_ptr + n * C + c, mask=cmask, other=0.0)[:, None]
-    for l0 in range(lo, hi, BLOCK_L):
-        l, lmask = _positions(l0, hi, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        v = tl.load(_at(x_ptr, n, c, l, sxn, sxc, sxl), mask=mask, other=0.0).to(ACC)
-        g = tl.load(_at(dy_ptr, n, c, l, sgn, sgc, sgl), mask=mask, other=0.0).to(ACC)
-        dx = scale * g + k1 * (v - m) + k0
-        tl.store(_at(dx_ptr, n, c, l, sdn, sdc, sdl), dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    _grad_input_tiles(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, m, scale, k1, k0, sxn, sxc, sxl, sgn, sgc, sgl,
+                      sdn, sdc, sdl, ACC, BLOCK_L)
 
 
 def _strides(t):
@@ -215,17 +230,22 @@ def _small(t, x):
     return t.to(_acc_torch(x)).contiguous()
 
 
-def nc_moments(x):
-    """(mean, biased var) over H, W per (n, c): per-tile moments merged with Chan's formula."""
+def moment_partials(x):
+    """(x, strides, mean, m2, chunk): per-(n, c, split) mean and sum of squared deviations, splits of `chunk` positions."""
     x, sx = _flat(x)
     n, c, h, w = x.shape
-    length = h * w
     grid, chunk, meta = _plan(x, sx, reduction=True)
-    splits = grid[1]
-    mean = torch.empty(n, c, splits, dtype=_acc_torch(x), device=x.device)
+    mean = torch.empty(n, c, grid[1], dtype=_acc_torch(x), device=x.device)
     m2 = torch.empty_like(mean)
-    _moments_kernel[grid](x, mean, m2, c, L=length, chunk=chunk, S=splits, **_named(sx, "x"), ACC=_acc(x),
-                          **meta)
+    _moments_kernel[grid](x, mean, m2, c, L=h * w, chunk=chunk, S=grid[1], **_named(sx, "x"), ACC=_acc(x), **meta)
+    return x, sx, mean, m2, chunk
+
+
+def nc_moments(x):
+    """(mean, biased var) over H, W per (n, c): per-tile moments merged with Chan's formula."""
+    x, _, mean, m2, chunk = moment_partials(x)
+    length = x.shape[2] * x.shape[3]
+    splits = mean.shape[-1]
     if splits == 1:
         return mean[..., 0], m2[..., 0] / length
     counts = (length - torch.arange(splits, device=x.device) * chunk).clamp(max=chunk).to(mean.dtype)
@@ -246,17 +266,22 @@ def nc_apply(x, m, scale, shift):
     return y
 
 
-def nc_grad_sums(x, dy, m):
-    """(sum dy, sum dy * (x - m)) over H, W per (n, c)."""
+def grad_sum_partials(x, dy, m):
+    """(x, strides, dy, dy strides, sum dy, sum dy * (x - m)): the sums per (n, c, split) of `moment_partials`'s plan."""
     x, sx = _flat(x)
     dy, sg = _flat(dy, like=x)
     grid, chunk, meta = _plan(x, sx, reduction=True)
-    splits = grid[1]
     n, c = x.shape[:2]
-    s_dy = torch.empty(n, c, splits, dtype=_acc_torch(x), device=x.device)
+    s_dy = torch.empty(n, c, grid[1], dtype=_acc_torch(x), device=x.device)
     s_dyxc = torch.empty_like(s_dy)
     _grad_sums_kernel[grid](x, dy, _small(m, x), s_dy, s_dyxc, c, L=x.shape[2] * x.shape[3], chunk=chunk,
-                            S=splits, **_named(sx, "x"), **_named(sg, "g"), ACC=_acc(x), **meta)
+                            S=grid[1], **_named(sx, "x"), **_named(sg, "g"), ACC=_acc(x), **meta)
+    return x, sx, dy, sg, s_dy, s_dyxc
+
+
+def nc_grad_sums(x, dy, m):
+    """(sum dy, sum dy * (x - m)) over H, W per (n, c)."""
+    *_, s_dy, s_dyxc = grad_sum_partials(x, dy, m)
     return s_dy.sum(-1), s_dyxc.sum(-1)
 
 

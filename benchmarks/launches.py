@@ -1,0 +1,77 @@
+"""Kernel launches of one layer forward+backward: Triton launches and the torch operators that compute.
+
+At 32 samples per GPU a norm layer's few megabytes take microseconds to stream, so its time is set
+by how many kernels it launches (each a few microseconds of launch and Python). Counted by
+dispatch, so it runs anywhere: Triton launches (compiled or interpreted) and torch operators that
+are not views or bare allocations, each of which is at least one kernel on CUDA.
+"""
+import collections
+import contextlib
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# operators that allocate or reinterpret memory without computing: no kernel on CUDA
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "detach", "lift_fresh", "alias", "_to_copy_noop"}
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+        self.paused = False  # inside a Triton launch: the interpreter's own tensor copies are not the layer's
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.paused and not func.is_view and name not in _NO_KERNEL:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _triton_launches(counter, ops):
+    """Counts launches of every Triton kernel, compiled (JITFunction) or interpreted (InterpretedFunction)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        yield
+        return
+    originals = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+
+    def counting(original):
+        def run(self, *args, grid, warmup, **kwargs):
+            if not warmup:
+                counter[getattr(self, "fn", self).__name__] += 1
+            paused, ops.paused = ops.paused, True
+            try:
+                return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+            finally:
+                ops.paused = paused
+        return run
+
+    for cls, original in originals.items():
+        cls.run = counting(original)
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.run = original
+
+
+def count(step):
+    """{"triton": launches by kernel, "torch": computing operators by name} of calling `step()`."""
+    triton = collections.Counter()
+    with _Ops() as mode, _triton_launches(triton, mode):
+        step()
+    return {"triton": dict(triton), "torch": dict(mode.ops)}
+
+
+def layer_launches(layer, x, dy):
+    """count() of one training forward+backward of `layer` on x (gradients of x and the parameters)."""
+    inputs = [x] + [p for p in layer.parameters() if p.requires_grad]
+    return count(lambda: torch.autograd.grad(layer(x), inputs, dy))
+
+
+def total(counts):
+    return sum(counts["triton"].values()) + sum(counts["torch"].values())
