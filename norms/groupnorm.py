@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from . import kernels
 from .fused import ImplChoice, fused_norm, outside_compiler
 from .kernels import cpu as cpu_kernels
 
@@ -12,9 +13,11 @@ class GroupNorm2d(ImplChoice, nn.GroupNorm):
     impl="fused" normalizes 4-D inputs with the per-(n, c) kernels: group statistics are merged
     exactly from the per-channel moments (mean of means; mean of variances plus variance of the
     means), and channels_last input is read in place, where PyTorch's CUDA group_norm copies it
-    to contiguous and back. On the CPU "fused" and "auto" run the compiled kernels (gn_cpu.cpp)
-    for float32/bfloat16 4-D input, else nn.GroupNorm's own forward ("auto") or the torch-op fused
-    path ("fused"). "reference" is nn.GroupNorm's own forward; other input ranks always use it.
+    to contiguous and back. On CUDA that is three Triton launches forward and four backward, the
+    group arithmetic inside them (norms/kernels/triton_gn.py). On the CPU "fused" and "auto" run
+    the compiled kernels (gn_cpu.cpp) for float32/bfloat16 4-D input, else nn.GroupNorm's own
+    forward ("auto") or the torch-op fused path ("fused"). "reference" is nn.GroupNorm's own
+    forward; other input ranks always use it.
     """
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, impl="auto"):
@@ -38,6 +41,9 @@ class GroupNorm2d(ImplChoice, nn.GroupNorm):
         prims = self._fused_prims(x)
         if prims is None:
             return super().forward(x)
+        if kernels.wants_triton(x):
+            return outside_compiler(kernels.layer_kernels("triton_gn").group_norm)(x, self.weight, self.bias,
+                                                                                 self.num_groups, self.eps)
         return fused_norm(x, self._fused_stats, self.bias, (self.weight,), prims)
 
     def _fused_stats(self, mean_in, var_biased, count, leaves, record):

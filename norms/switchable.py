@@ -134,8 +134,9 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         batch_bn = self.using_bn and not running
         if batch_bn:
             check_groups(x.shape[0], self.stat_groups, type(self).__name__)
-        y, bn = kernels.sn_kernels().switch_norm(x, self.weight, self.bias, self.mean_weight, self.var_weight, running,
-                                                self.stat_groups if batch_bn else 1, self.eps)
+        y, bn = kernels.layer_kernels("triton_sn").switch_norm(x, self.weight, self.bias, self.mean_weight,
+                                                               self.var_weight, running,
+                                                               self.stat_groups if batch_bn else 1, self.eps)
         if batch_bn:
             self._record(bn[:, 0], bn[:, 1], x.shape[0] // self.stat_groups)
         return y

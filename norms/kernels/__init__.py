@@ -1,8 +1,8 @@
 """Per-(n, c) primitives of the fused norms: Triton kernels on CUDA, plain torch ops elsewhere.
 
-`backend(x)` returns a module with nc_moments, nc_apply, nc_grad_sums and nc_grad_input. SwitchNorm2d
-on the CPU first tries the compiled whole-layer kernels of `cpu.py` (sn_cpu.cpp), which need none of
-these. Triton is imported only on first use, and a missing Triton leaves the torch-op path working. With
+`backend(x)` returns a module with nc_moments, nc_apply, nc_grad_sums and nc_grad_input, which the
+generic fused path (norms/fused.py) runs. SwitchNorm2d and GroupNorm2d first try their whole-layer
+kernels: `layer_kernels('triton_sn' / 'triton_gn')` where Triton runs x, `cpu.py` on the CPU. Triton is imported only on first use, and a missing Triton leaves the torch-op path working. With
 TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's interpreter
 (how CI tests them without a GPU); the variable must be set before the kernels are first imported.
 """
@@ -32,11 +32,10 @@ def _kernels():
     return _triton_nc
 
 
-def sn_kernels():
-    """norms.kernels.triton_sn (SwitchNorm2d's whole-layer Triton kernels), imported on first use like triton_nc."""
+def layer_kernels(name):
+    """A whole-layer Triton module ('triton_sn', 'triton_gn'), imported on first use after triton_nc."""
     _kernels()
-    from . import triton_sn as module
-    return module
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def wants_triton(x):

@@ -86,6 +86,64 @@ def _moments_kernel(x_ptr, mean_ptr, m2_ptr, C, cblocks, L, chunk, S, sxn, sxc, 
 
 
 @triton.jit
+def _merge_splits(mean_p, m2_p, base, cmask, S, L, chunk, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-channel (mean, biased variance) over all L positions from the S split moments at base + s."""
+    length = L.to(ACC)
+    total = tl.full([BLOCK_C], 0.0, ACC)
+    for s in range(0, S):  # two passes over the splits: their mean, then deviations from it
+        count = tl.minimum(chunk, L - s * chunk).to(ACC)
+        total += tl.load(mean_p + base + s, mask=cmask, other=0.0) * count
+    mean = total / length
+    m2 = tl.full([BLOCK_C], 0.0, ACC)
+    for s in range(0, S):
+        count = tl.minimum(chunk, L - s * chunk).to(ACC)
+        d = tl.load(mean_p + base + s, mask=cmask, other=0.0) - mean
+        m2 += tl.load(m2_p + base + s, mask=cmask, other=0.0) + count * d * d
+    return mean, m2 / length
+
+
+@triton.jit
+def _welford_lanes(lanes, lane_mean, lane_m2, v, mask):
+    """Adds one value per lane (where mask) to per-lane running (count, mean, M2)."""
+    lanes += tl.where(mask, 1.0, 0.0)
+    delta = tl.where(mask, v - lane_mean, 0.0)
+    lane_mean += delta / tl.maximum(lanes, 1.0)
+    lane_m2 += delta * tl.where(mask, v - lane_mean, 0.0)
+    return lanes, lane_mean, lane_m2
+
+
+@triton.jit
+def _merge_lanes(lanes, lane_mean, lane_m2, count):
+    """(mean, M2) of every lane's values together, by Chan's merge: no E[v^2] - E[v]^2."""
+    mean = tl.reduce(lanes * lane_mean, 0, _add) / count
+    d = lane_mean - mean
+    return mean, tl.reduce(lane_m2, 0, _add) + tl.reduce(lanes * d * d, 0, _add)
+
+
+@triton.jit
+def _run_moments(mean_p, m2_p, first, count, S, L, chunk, out_ptr, out_stride, STORE: tl.constexpr,
+                 ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Channels first .. first + count - 1 (flat (n, c) indices) from their split moments: the mean and M2 of
+    their means and the sum of their biased variances; with STORE each channel's mean and variance are
+    written to out_ptr + i and out_ptr + out_stride + i."""
+    lanes = tl.full([BLOCK_C], 0.0, ACC)
+    lane_mean = tl.full([BLOCK_C], 0.0, ACC)
+    lane_m2 = tl.full([BLOCK_C], 0.0, ACC)
+    lane_var = tl.full([BLOCK_C], 0.0, ACC)
+    for j0 in range(0, count, BLOCK_C):
+        i = first + j0 + tl.arange(0, BLOCK_C)
+        mask = i < first + count
+        mean, var = _merge_splits(mean_p, m2_p, i.to(tl.int64) * S, mask, S, L, chunk, ACC, BLOCK_C)
+        if STORE:
+            tl.store(out_ptr + i, mean, mask=mask)
+            tl.store(out_ptr + out_stride + i, var, mask=mask)
+        lanes, lane_mean, lane_m2 = _welford_lanes(lanes, lane_mean, lane_m2, mean, mask)
+        lane_var += tl.where(mask, var, 0.0)
+    mean, m2 = _merge_lanes(lanes, lane_mean, lane_m2, count.to(ACC))
+    return mean, m2, tl.reduce(lane_var, 0, _add)
+
+
+@triton.jit
 def _affine_tiles(x_ptr, y_ptr, n, c, cmask, lo, hi, m, scale, shift, sxn, sxc, sxl, syn, syc, syl,
                   ACC: tl.constexpr, BLOCK_L: tl.constexpr):
     """y = (x - m) * scale + shift over positions [lo, hi) of sample n, channels c; m, scale, shift [BLOCK_C, 1]."""

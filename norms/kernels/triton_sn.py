@@ -81,42 +81,11 @@ def _mixed(stats_ptr, rows_ptr, bm_ptr, bv_ptr, g_stride, ml_ptr, vl_ptr, NB, n,
 def _sn_rows_kernel(mean_p, m2_p, stats_ptr, rows_ptr, N, C, L, chunk, S, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """Sample n: merges the split moments into mean_in / biased var_in, then the LN mean and variance."""
     n = tl.program_id(0)
-    lanes = tl.full([BLOCK_C], 0.0, ACC)
-    lane_mean = tl.full([BLOCK_C], 0.0, ACC)
-    lane_m2 = tl.full([BLOCK_C], 0.0, ACC)
-    lane_var = tl.full([BLOCK_C], 0.0, ACC)
-    length = L.to(ACC)
-    for c0 in range(0, C, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        cmask = c < C
-        base = (n * C + c).to(tl.int64) * S
-        total = tl.full([BLOCK_C], 0.0, ACC)
-        for s in range(0, S):  # two passes over the splits: their mean, then deviations from it
-            count = tl.minimum(chunk, L - s * chunk).to(ACC)
-            total += tl.load(mean_p + base + s, mask=cmask, other=0.0) * count
-        mi = total / length
-        m2 = tl.full([BLOCK_C], 0.0, ACC)
-        for s in range(0, S):
-            count = tl.minimum(chunk, L - s * chunk).to(ACC)
-            d = tl.load(mean_p + base + s, mask=cmask, other=0.0) - mi
-            m2 += tl.load(m2_p + base + s, mask=cmask, other=0.0) + count * d * d
-        vb = m2 / length
-        tl.store(stats_ptr + n * C + c, mi, mask=cmask)
-        tl.store(stats_ptr + N * C + n * C + c, vb, mask=cmask)
-        # Welford per lane over this row's channels, lanes merged below: the LN variance of the means
-        # needs no E[m^2] - E[m]^2
-        one = cmask.to(ACC)
-        lanes += one
-        delta = tl.where(cmask, mi - lane_mean, 0.0)
-        lane_mean += delta / tl.maximum(lanes, 1.0)
-        lane_m2 += delta * tl.where(cmask, mi - lane_mean, 0.0)
-        lane_var += tl.where(cmask, vb, 0.0)
+    row_mean, row_m2, sum_var = nc._run_moments(mean_p, m2_p, n * C, C, S, L, chunk, stats_ptr, N * C, True, ACC,
+                                                BLOCK_C)
     channels = C.to(ACC)
-    row_mean = tl.reduce(lanes * lane_mean, 0, _add) / channels
-    d = lane_mean - row_mean
-    row_m2 = tl.reduce(lane_m2, 0, _add) + tl.reduce(lanes * d * d, 0, _add)
     tl.store(rows_ptr + 2 * n, row_mean)
-    tl.store(rows_ptr + 2 * n + 1, _unbias(L, ACC) * tl.reduce(lane_var, 0, _add) / channels + row_m2 / channels)
+    tl.store(rows_ptr + 2 * n + 1, _unbias(L, ACC) * sum_var / channels + row_m2 / channels)
 
 
 @triton.jit(do_not_specialize=_SCALARS)

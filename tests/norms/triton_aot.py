@@ -35,7 +35,7 @@ class _CompileOnlyDriver:
 def compile_everything(capability):
     from norms import GroupNorm2d
     from norms.fused import fused_norm
-    from norms.kernels import triton_nc, triton_sn
+    from norms.kernels import triton_gn, triton_nc, triton_sn
 
     compiled = []
     launch = JITFunction.run
@@ -61,9 +61,11 @@ def compile_everything(capability):
                         mw, vw = (torch.ones(logits, requires_grad=True) for _ in range(2))
                         y, _ = triton_sn.switch_norm(x, *params, mw, vw, running, groups)
                         y.backward(torch.ones_like(y))
-                    gn = GroupNorm2d(1, shape[1], impl="fused")
-                    y = fused_norm(x, gn._fused_stats, gn.bias, (gn.weight,), prims=triton_nc)
-                    y.backward(torch.ones_like(y))
+                    for groups, affine in ((1, True), (shape[1], False)):
+                        gn = GroupNorm2d(groups, shape[1], affine=affine, impl="fused")
+                        triton_gn.group_norm(x, gn.weight, gn.bias, groups, gn.eps).sum().backward()
+                        # the generic fused path, which SyncSwitchNorm2d across processes takes
+                        fused_norm(x, gn._fused_stats, gn.bias, (gn.weight,), prims=triton_nc).sum().backward()
     JITFunction.run = launch
     return sorted(set(compiled))
 
