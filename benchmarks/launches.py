@@ -75,3 +75,55 @@ def layer_launches(layer, x, dy):
 
 def total(counts):
     return sum(counts["triton"].values()) + sum(counts["torch"].values())
+
+
+def variant_launches(shape, device):
+    """{variant: count()} of one forward+backward at `shape`, fp32 NCHW, for the harness's variants and the
+    generic fused SN path (SyncSwitchNorm2d across processes) for comparison."""
+    import norms
+    from norms.fused import fused_norm
+
+    from .variants import VARIANTS, resolve
+
+    class GenericFusedSN(torch.nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.sn = norms.SwitchNorm2d(channels, impl="fused")
+
+        def forward(self, x):
+            sn = self.sn
+            return fused_norm(x, sn._fused_stats, sn.bias, (sn.weight, sn.mean_weight, sn.var_weight))
+
+    factories = {name: resolve(name)[0] for name in VARIANTS}
+    factories["sn-fused-generic"] = GenericFusedSN
+    x = torch.randn(shape, device=device, requires_grad=True)
+    dy = torch.randn(shape, device=device)
+    out = {}
+    for name, factory in factories.items():
+        if factory is not None:
+            layer = factory(shape[1]).to(device).train()
+            layer(x)  # first call: imports, compiles
+            out[name] = layer_launches(layer, x, dy)
+    return out
+
+
+def main(argv=None):
+    import argparse
+    import os
+    p = argparse.ArgumentParser(description="Kernel launches per norm layer forward+backward (Triton launches and "
+                                "computing torch operators). Without CUDA the Triton kernels run interpreted.")
+    p.add_argument("--shape", help="N,C,H,W (default: ResNet-50's first norm at 32/GPU on CUDA; 2,64,8,8 on the "
+                   "CPU, where the interpreter is slow; the counts do not depend on the size)")
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = tuple(int(v) for v in (args.shape or ("32,256,56,56" if device == "cuda" else "2,64,8,8")).split(","))
+    if device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # before norms.kernels imports the Triton kernels
+    print(f"launches per forward+backward at {shape}, fp32, NCHW, device {device}")
+    for name, counts in variant_launches(shape, device).items():
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(counts["torch"].items()))
+        print(f"  {name:18s} {total(counts):4d}  (Triton {sum(counts['triton'].values())}; torch ops: {ops or '-'})")
+
+
+if __name__ == "__main__":
+    main()
