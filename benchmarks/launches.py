@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # operators that allocate or reinterpret memory without computing: no kernel on CUDA
-_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "detach", "lift_fresh", "alias", "_to_copy_noop"}
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "detach", "lift_fresh", "alias"}
 
 
 class _Ops(TorchDispatchMode):
