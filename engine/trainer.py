@@ -91,7 +91,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "best_top1": self.best_top1, "bad_images": self.bad_images, "world": self.env.world,
-                "rng": all_gather_objects(capture_rng()), "config": to_dict(self.cfg)}
+                "rng": all_gather_objects(capture_rng()), "config": to_dict(self.cfg),
+                "classes": getattr(self.train_loader.dataset, "classes", None)}
 
     def save(self, best=False):
         """All ranks: sync running stats, gather RNG states; rank 0 writes the checkpoint atomically."""

@@ -1,4 +1,5 @@
 """Strict loading of state_dicts from this repository, torchvision and the SN authors' releases."""
+import hashlib
 import os
 import re
 
@@ -98,14 +99,57 @@ def read_checkpoint(path):
     return state, config, kind
 
 
+CHECKSUM_KEY = "content_sha256"
+
+
+def content_digest(obj):
+    """sha256 (hex) of a checkpoint's content: keys, scalars and every tensor's dtype, shape and bytes.
+
+    Computed over the values, not the file, so it is the same for any serialization of equal content
+    and changes with any flipped bit of tensor data (which torch.load itself never notices).
+    """
+    h = hashlib.sha256()
+
+    def visit(x):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)}|".encode())
+            for key in sorted(x, key=repr):
+                visit(key)
+                visit(x[key])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__[0]}{len(x)}|".encode())
+            for item in x:
+                visit(item)
+        else:  # str, int, float, bool, None: repr round-trips exactly
+            h.update(f"S{type(x).__name__}:{x!r}|".encode())
+    visit(obj)
+    return h.hexdigest()
+
+
+def with_checksum(obj):
+    """A copy of the checkpoint dict `obj` carrying its content digest under CHECKSUM_KEY."""
+    return {**obj, CHECKSUM_KEY: content_digest(obj)}
+
+
 def load_file(path):
-    """torch.load with weights_only=True; FileNotFoundError or a one-line ValueError when unreadable."""
+    """torch.load with weights_only=True, checksum verified; FileNotFoundError or a one-line ValueError."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
     except Exception as e:  # unpickling errors, truncated zip archives, objects weights_only refuses
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if isinstance(obj, dict) and CHECKSUM_KEY in obj:
+        expected = obj.pop(CHECKSUM_KEY)
+        if content_digest(obj) != expected:
+            raise ValueError(f"{path}: checksum mismatch (content sha256 differs from the one written): "
+                             "the file is corrupt; use an older checkpoint or a fresh copy")
+    return obj
 
 
 def read_released_sn(path):
