@@ -23,10 +23,16 @@ SIGNAL_EXIT = 143  # 128 + SIGTERM: stopped on a signal after writing a checkpoi
 
 
 def parse_args(argv):
+    def positive_int(text):
+        if not text.strip().isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive integer (processes), got {text!r}")
+        return int(text)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML experiment config")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and setting, do not train")
-    parser.add_argument("--world", type=int, default=None, help="with --dry-run: number of processes (default: gpus)")
+    parser.add_argument("--world", type=positive_int, default=None,
+                        help="with --dry-run: number of processes (default: gpus)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.2")
     return parser.parse_intermixed_args(argv)
 
@@ -40,10 +46,17 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
-            world = args.world or cfg.batch.gpus
+            import dataclasses
+            import models
+            import norms
             cfg, notes = apply_setting_rules(cfg)
+            setting = resolve_setting(cfg.batch, cfg.optim.lr, args.world or cfg.batch.gpus)
+            # build the layers as training would (on the CPU: faster than the meta device for one build), so
+            # option errors surface here, before Slurm starts any node
+            norm = norms.build_norm(**dataclasses.asdict(cfg.norm), stat_groups=setting.stat_groups)
+            models.build_model(cfg.model, norm)
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
-            for line in [resolve_setting(cfg.batch, cfg.optim.lr, world).describe()] + notes:
+            for line in [setting.describe()] + notes:
                 print(line)
             print(f"run folder: {run_dir_for(cfg, args.config)}")
             return 0

@@ -1,6 +1,7 @@
 """Load YAML configs with `base:` inheritance and dotted overrides into the typed schema."""
 import dataclasses
 import difflib
+import math
 import os
 import typing
 
@@ -22,30 +23,87 @@ def load_config(path, overrides=()):
     return from_dict(Config, raw)
 
 
-def read_yaml(path, error=ConfigError, what="config file"):
-    """The parsed YAML at `path` (None for an empty file); a missing or malformed file raises `error` in one line."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` keys may be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class raises its own error for it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}; keep only one of them",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path, error=ConfigError, what="config file", included_by=None):
+    """The parsed YAML at `path` (None for an empty file); a missing, unreadable or malformed file raises
+    `error` in one line, with file:line:column (1-based) for syntax errors. `included_by`: the file whose
+    `base:` names `path`, named in the error."""
+    via = _included(included_by)
     if not os.path.isfile(path):
-        raise error(f"{what} not found: {path}")
-    with open(path) as f:
-        try:
-            return yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise error(f"{what} not found: {path}{via}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise error(f"cannot read {what} {path}{via}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the {what} as UTF-8{via}") \
+            from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise error(f"{_yaml_error_where(path, text, e)}: not valid YAML: {_yaml_problem(e)}{via}") from None
 
 
-def _read_yaml(path):
-    data = read_yaml(path)
-    if data is None:
-        return {}
+def _included(by):
+    return f" (the base: of {by})" if by else ""
+
+
+def _yaml_error_where(path, text, e):
+    """path:line:column of a YAML error (1-based, as editors count), or path:line, or the bare path."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        return f"{path}:{mark.line + 1}:{mark.column + 1}"
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. a control character
+        line = text.count("\n", 0, e.position) + 1
+        return f"{path}:{line}"
+    return path
+
+
+def _yaml_problem(e):
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        context = e.context_mark
+        return e.problem + (f" ({e.context}, line {context.line + 1})" if e.context and context else "")
+    return str(e).splitlines()[0]
+
+
+def _read_yaml(path, included_by):
+    data = read_yaml(path, included_by=included_by)
+    via = _included(included_by)
+    if not data:
+        raise ConfigError(f"{path}: the config file is empty{via}; a config sets sections such as model:, norm:, "
+                          f"batch:, optim: or inherits them with base: other.yaml")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}{via}")
     return data
 
 
 def _read_with_bases(path, chain):
     if path in chain:
         raise ConfigError(f"config inheritance cycle: {' -> '.join(chain + (path,))}")
-    data = _read_yaml(path)
+    data = _read_yaml(path, chain[-1] if chain else None)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -95,6 +153,18 @@ def _type_name(tp):
     return tp.__name__
 
 
+def _as_float(value):
+    """float(value), inf for an int beyond the float range, None for text that is no number.
+
+    PyYAML reads 1e-4 (no dot) as a string, so numeric text is a number here."""
+    try:
+        return float(value)
+    except ValueError:
+        return None
+    except OverflowError:
+        return math.inf
+
+
 def _convert(value, tp, path):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -118,13 +188,12 @@ def _convert(value, tp, path):
         if not isinstance(value, list):
             raise ConfigError(f"'{path}' must be a {_type_name(tp)}, got {value!r}")
         return [_convert(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, str):
-        try:  # PyYAML reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        number = _as_float(value)
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"'{path}' must be a finite number, got {value!r}")
+        if number is not None:
+            return number
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"'{path}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}")

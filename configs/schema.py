@@ -137,4 +137,6 @@ class Config:
             errors.append(("schedule.warmup_epochs", f"must be below train.epochs={self.train.epochs}"))
         if self.data.val_crop > self.data.val_resize:
             errors.append(("data.val_crop", f"{self.data.val_crop} exceeds data.val_resize={self.data.val_resize}"))
+        if not self.checkpoint.resume.strip():
+            errors.append(("checkpoint.resume", f"must be auto, none or a checkpoint path, got {self.checkpoint.resume!r}"))
         return errors

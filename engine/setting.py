@@ -1,5 +1,6 @@
 """Map the paper's (#GPUs g, samples-per-GPU b) setting onto the processes actually launched."""
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -27,11 +28,20 @@ class Setting:
 def resolve_setting(batch_cfg, base_lr, world):
     """w == g: plain DDP; w divides g: g/w virtual GPUs per process; anything else is an error."""
     g, b = batch_cfg.gpus, batch_cfg.samples_per_gpu
+    for name, value in (("batch.gpus", g), ("batch.samples_per_gpu", b), ("the number of processes", world)):
+        if not _positive_int(value):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(base_lr, bool) or not isinstance(base_lr, (int, float)) or not 0 < base_lr < math.inf:
+        raise ValueError(f"optim.lr must be a finite number > 0, got {base_lr!r}")
     if g % world:
         raise ValueError(f"the setting ({g}, {b}) needs {g} GPUs or a divisor of {g} processes, got {world}; "
                          f"launch torchrun with --nproc_per_node*--nnodes dividing {g}")
     k = g // world
     return Setting(g, b, world, k * b, k, base_lr * g * b / 256)
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def apply_setting_rules(cfg):
