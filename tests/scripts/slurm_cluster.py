@@ -1,5 +1,8 @@
-"""A real one-node Slurm cluster (munged + slurmctld + slurmd) on localhost, owned by the test process.
+"""A real Slurm cluster (munged + slurmctld + slurmd) on localhost, owned by the test process.
 
+One node by default, named as this machine. With nodes=N: N nodes n1..nN, one slurmd each (`slurmd -N nI`, each
+on its own port, as slurm.conf allows for several slurmd on one host), all on this machine and each offering its
+whole hardware, so that a multi-node job really gets N nodes with one job step task per node.
 Everything lives in one folder: munge key, sockets, slurm.conf, state, spool and logs. The daemons run in
 the foreground as our children, so they are stopped by the process ids we hold and nothing else.
 """
@@ -9,7 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+
+import pytest
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 SBIN = ("/usr/sbin", "/sbin")  # Debian puts the daemons there, often off a non-root PATH
@@ -63,7 +69,7 @@ CredType=cred/munge
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -79,36 +85,48 @@ MpiDefault=none
 ReturnToService=2
 KillWait=30
 MinJobAge=600
-{node_line} NodeAddr=127.0.0.1 State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+FirstJobId={first_job_id}
+{node_lines}
+PartitionName=debug Nodes={nodes} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class LocalSlurm:
-    """start() brings the cluster up and waits for an idle node; env is what client commands need."""
+    """start() brings the cluster up and waits until every node is idle; env is what client commands need."""
 
-    def __init__(self, root):
+    def __init__(self, root, nodes=1, first_job_id=1):
         self.root = os.path.abspath(root)
         self.procs = {}
         self.node_line = detected_node_line()
-        self.node = self.node_line.split()[0].split("=", 1)[1]
+        self.node = self.node_line.split()[0].split("=", 1)[1]  # this machine's host name
         self.cpus = int(dict(kv.split("=", 1) for kv in self.node_line.split())["CPUs"])
+        self.nodes = [self.node] if nodes == 1 else [f"n{i}" for i in range(1, nodes + 1)]
+        self.first_job_id = first_job_id
         self.conf = os.path.join(self.root, "slurm.conf")
         self.munge_socket = os.path.join(self.root, "munge", "munge.socket")
         self.env = {**os.environ, "SLURM_CONF": self.conf,
                     "PATH": os.pathsep.join([os.environ.get("PATH", "")] + list(SBIN))}
 
     def start(self, timeout=90):
-        for sub in ("munge", "state", "spool", "run", "log"):
+        for sub in ["munge", "state", "run", "log"] + [os.path.join("spool", n) for n in self.nodes]:
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
         os.chmod(os.path.join(self.root, "munge"), 0o755)  # munged wants its socket folder searchable by all
         self._start_munge()
+        hardware = self.node_line.split(maxsplit=1)[1]
+        if len(self.nodes) == 1:
+            node_lines = f"{self.node_line} NodeAddr=127.0.0.1 State=UNKNOWN"
+        else:  # the real host name as each node's NodeHostname, as for several slurmd on one host
+            node_lines = "\n".join(f"NodeName={n} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={free_port()} "
+                                   f"{hardware} State=UNKNOWN" for n in self.nodes)
         with open(self.conf, "w") as f:
-            f.write(SLURM_CONF.format(host=self.node, node=self.node, node_line=self.node_line, root=self.root,
-                                      user=getpass.getuser(), munge_socket=self.munge_socket,
-                                      ctld_port=free_port(), slurmd_port=free_port()))
+            f.write(SLURM_CONF.format(host=self.node, nodes=",".join(self.nodes), node_lines=node_lines,
+                                      root=self.root, user=getpass.getuser(), munge_socket=self.munge_socket,
+                                      ctld_port=free_port(), slurmd_port=free_port(),
+                                      first_job_id=self.first_job_id))
         self._spawn("slurmctld", [find_daemon("slurmctld"), "-D", "-f", self.conf])
-        self._spawn("slurmd", [find_daemon("slurmd"), "-D", "-f", self.conf, "-N", self.node])
+        for n in self.nodes:
+            self._spawn("slurmd" if len(self.nodes) == 1 else f"slurmd-{n}",
+                        [find_daemon("slurmd"), "-D", "-f", self.conf, "-N", n])
         self._wait_idle(timeout)
         return self
 
@@ -146,10 +164,10 @@ class LocalSlurm:
             self._check_alive()
             res = self.client(["sinfo", "-h", "-N", "-o", "%T"], check=False)
             state = res.stdout.strip()
-            if res.returncode == 0 and state == "idle":
+            if res.returncode == 0 and state.split() == ["idle"] * len(self.nodes):
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"the node is not idle after {timeout} s (sinfo: {state!r})\n" + self.log_tails())
+        raise RuntimeError(f"the nodes are not idle after {timeout} s (sinfo: {state!r})\n" + self.log_tails())
 
     def client(self, argv, check=True, timeout=60, cwd=None):
         """Run a Slurm client command (sbatch, squeue, ...) against this cluster."""
@@ -181,7 +199,8 @@ class LocalSlurm:
 
     def stop(self):
         """Cancel what is left, then stop the daemons we started, by their process ids."""
-        if all(p.poll() is None for p in self.procs.values()) and len(self.procs) == len(DAEMONS):
+        started = len(self.procs) == len(DAEMONS) - 1 + len(self.nodes)  # one slurmd per node
+        if started and all(p.poll() is None for p in self.procs.values()):
             try:
                 jobs = self.queue()
                 if jobs:
@@ -198,6 +217,27 @@ class LocalSlurm:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def job_fields(cluster, job_id):
+    """scontrol's key=value fields of a job (each array task: a list of dicts)."""
+    text = cluster.client(["scontrol", "show", "job", "-o", job_id]).stdout
+    return [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in text.splitlines() if line.strip()]
+
+
+def running_cluster(root, **kwargs):
+    """A started LocalSlurm(root, **kwargs) for a pytest fixture to yield from and stop(); skips where no cluster
+    can run here (pytest -ra prints why), fails with the daemons' logs where one does not come up."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    slurm = LocalSlurm(root, **kwargs)
+    slurm.env["PYTHON"] = sys.executable  # the jobs run train.py with the interpreter running the tests
+    try:
+        return slurm.start()
+    except Exception as e:
+        slurm.stop()
+        pytest.fail(f"the local Slurm cluster did not start: {e}", pytrace=False)
 
 
 def _random_key(path):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.engine.tiny import REPO, make_image_folder, write_config
-from tests.scripts.slurm_cluster import LocalSlurm, unavailable_reason
+from tests.scripts.slurm_cluster import job_fields, running_cluster
 from engine import sweep as sw
 from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_background, sweep_cli, write_sweep
 
@@ -19,16 +19,7 @@ SBATCH_SCRIPT = os.path.join(REPO, "scripts", "slurm", "train.sbatch")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:  # pytest -ra (pytest.ini) prints it
-        pytest.skip(reason)
-    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    slurm.env["PYTHON"] = sys.executable  # the jobs run train.py with the interpreter running the tests
-    try:
-        slurm.start()
-    except Exception as e:  # daemons that do not come up are a failure, with their logs
-        slurm.stop()
-        pytest.fail(f"the local Slurm cluster did not start: {e}", pytrace=False)
+    slurm = running_cluster(tmp_path_factory.mktemp("slurm"))
     yield slurm
     slurm.stop()
 
@@ -39,12 +30,6 @@ def wait_for(condition, timeout, what, cluster):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n" + cluster.log_tails())
         time.sleep(0.2)
-
-
-def job_fields(cluster, job_id):
-    """scontrol's key=value fields of a job (each array task: a list of dicts)."""
-    text = cluster.client(["scontrol", "show", "job", "-o", job_id]).stdout
-    return [dict(kv.split("=", 1) for kv in line.split() if "=" in kv) for line in text.splitlines() if line.strip()]
 
 
 def test_sweep_submits_a_job_array_that_trains_every_cell_and_feeds_the_table(cluster, tmp_path):
