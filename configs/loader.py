@@ -48,6 +48,8 @@ def read_yaml(path, error=ConfigError, what="config file", included_by=None):
     `error` in one line, with file:line:column (1-based) for syntax errors. `included_by`: the file whose
     `base:` names `path`, named in the error."""
     via = _included(included_by)
+    if os.path.isdir(path):
+        raise error(f"{path} is a folder, not a {what}{via}; name the YAML file in it")
     if not os.path.isfile(path):
         raise error(f"{what} not found: {path}{via}")
     try:
@@ -104,10 +106,10 @@ def _read_with_bases(path, chain):
     if path in chain:
         raise ConfigError(f"config inheritance cycle: {' -> '.join(chain + (path,))}")
     data = _read_yaml(path, chain[-1] if chain else None)
-    base = data.pop("base", None)
-    if base is None:
+    if "base" not in data:
         return data
-    if not isinstance(base, str):
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: 'base' must be a path to another config, got {base!r}")
     parent = _read_with_bases(os.path.normpath(os.path.join(os.path.dirname(path), base)), chain + (path,))
     return _merge(parent, data)

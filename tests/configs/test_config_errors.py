@@ -1,4 +1,6 @@
 """Config files and overrides that must be refused, each with one line naming the problem and the fix."""
+import os
+
 import pytest
 
 from configs import ConfigError, load_config
@@ -79,6 +81,23 @@ def test_a_missing_base_file_names_the_file_that_included_it(tmp_path):
     assert refused(child) == f"config file not found: {tmp_path / 'parent.yaml'} (the base: of {child})"
     write(tmp_path, "top.yaml", "base: child.yaml\n")
     assert refused(tmp_path / "top.yaml") == f"config file not found: {tmp_path / 'parent.yaml'} (the base: of {child})"
+
+
+@pytest.mark.parametrize("text", ["base:\n", "base: ''\n", "base: [a.yaml]\n"], ids=["null", "blank", "list"])
+def test_a_base_that_names_no_file_is_refused(tmp_path, text):
+    path = write(tmp_path, "child.yaml", text + "model: {depth: 18}\n")
+    assert refused(path).startswith(f"{path}: 'base' must be a path to another config, got ")
+
+
+def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path):
+    assert refused(tmp_path) == f"{tmp_path} is a folder, not a config file; name the YAML file in it"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_config_file_is_a_one_line_error(tmp_path):
+    path = write(tmp_path, "secret.yaml", "model: {depth: 18}\n")
+    path.chmod(0)
+    assert refused(path) == f"cannot read config file {path}: Permission denied"
 
 
 def test_a_missing_config_file_keeps_its_message(tmp_path):
