@@ -5,12 +5,12 @@
   python train.py --config CONFIG --dry-run [--world W]  (print the resolved setting and exit)
 
 Rerunning the same command continues from the newest readable checkpoint (checkpoint.resume=auto).
-SIGTERM or SIGUSR1 (Slurm's time-limit signal, preemption) makes every rank stop at the next step,
-write a checkpoint and exit with code 143.
+SIGTERM, SIGUSR1 (Slurm's time-limit signal, preemption), Ctrl-C (SIGINT) or the death of the
+torchrun agent make every rank stop at the next step, write a checkpoint and exit with code 143
+(130 after Ctrl-C; a second Ctrl-C aborts at once). See docs/training.md for what survives what.
 """
 import argparse
 import os
-import signal
 import sys
 
 import yaml
@@ -18,8 +18,7 @@ import yaml
 from configs import load_config, to_dict
 from engine.distributed import USER_ERRORS, error_line, init_distributed, shutdown
 from engine.setting import apply_setting_rules, resolve_setting
-
-SIGNAL_EXIT = 143  # 128 + SIGTERM: stopped on a signal after writing a checkpoint; rerun to resume
+from engine.stop import StopWatch
 
 
 def parse_args(argv):
@@ -72,15 +71,23 @@ def main(argv=None):
         trainer.record_divergence(e)
         print(f"error (rank {env.rank}): {e}", file=sys.stderr)
         return 1
+    except USER_ERRORS as e:  # e.g. the disk filled up while writing a checkpoint
+        if env.is_main:
+            print(f"error: {error_line(e)}", file=sys.stderr)
+        return 2
     except RuntimeError as e:
         print(f"error (rank {env.rank}): {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the second Ctrl-C
+        if env.is_main:
+            print(f"aborted by a second Ctrl-C; the checkpoints in {trainer.run_dir} are intact", file=sys.stderr)
+        return 130
     finally:
-        # USR1 only asks for a checkpoint: arriving after fit() (the interpreter resets Python handlers to
-        # the default action, termination, while it shuts down) it must not turn a finished run into a crash
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        # the run's outcome is on disk: a stop signal arriving now (the interpreter resets Python handlers
+        # to the default action, termination, while it shuts down) must not turn it into a crash
+        StopWatch.ignore_all()
         shutdown()
-    return SIGNAL_EXIT if trainer.stop_reason == "signal" else 0
+    return trainer.exit_code
 
 
 if __name__ == "__main__":

@@ -36,6 +36,20 @@ def _check_classes(dataset, num_classes):
         raise ValueError(f"{dataset.root} has {len(dataset.classes)} classes but the model has {num_classes} outputs")
 
 
+_printed_notes = set()     # a split scanned again (the recalibration loader) does not repeat its notes
+
+
+def _folder(cfg, split, transform, rank, num_classes, seed=0):
+    """The ImageFolder of one split; rank 0 prints what its scan skipped (symlink loops, broken links...)."""
+    dataset = ImageFolder(os.path.join(cfg.root, split), transform, seed=seed)
+    _check_classes(dataset, num_classes)
+    for line in dataset.notes if rank == 0 else []:
+        if (dataset.root, line) not in _printed_notes:
+            _printed_notes.add((dataset.root, line))
+            print(f"note: {line}", flush=True)
+    return dataset
+
+
 def build_train_loader(cfg, batch_size, rank, world, seed, num_classes=None):
     """Loader of (images, targets, bad) full batches for this rank; call loader.sampler.set_epoch() before each epoch."""
     if cfg.synthetic:
@@ -43,8 +57,7 @@ def build_train_loader(cfg, batch_size, rank, world, seed, num_classes=None):
         length = max(SYNTHETIC_TRAIN, world * batch_size)
         dataset = SyntheticDataset(length, num_classes or SYNTHETIC_CLASSES, cfg.train_crop, seed=seed)
     else:
-        dataset = ImageFolder(os.path.join(cfg.root, cfg.train_split), train_transform(cfg), seed=seed)
-        _check_classes(dataset, num_classes)
+        dataset = _folder(cfg, cfg.train_split, train_transform(cfg), rank, num_classes, seed=seed)
     sampler = TrainSampler(len(dataset), batch_size, rank, world, seed)
     return _loader(cfg, dataset, batch_size, sampler, seed)
 
@@ -54,6 +67,5 @@ def build_eval_loader(cfg, batch_size, rank, world, num_classes=None):
     if cfg.synthetic:
         dataset = SyntheticDataset(SYNTHETIC_VAL, num_classes or SYNTHETIC_CLASSES, cfg.val_crop, seed=1)
     else:
-        dataset = ImageFolder(os.path.join(cfg.root, cfg.val_split), eval_transform(cfg))
-        _check_classes(dataset, num_classes)
+        dataset = _folder(cfg, cfg.val_split, eval_transform(cfg), rank, num_classes)
     return _loader(cfg, dataset, batch_size, EvalSampler(len(dataset), rank, world), seed=0)

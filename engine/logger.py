@@ -1,25 +1,51 @@
 """Run logging on rank 0: concise stdout, a JSON-lines file and TensorBoard (tensorboardX)."""
+import glob
 import json
 import os
 import sys
 import time
 
+from .run_folder import truncate_events, truncate_jsonl
+
 
 class RunLogger:
-    """Writes scalars to metrics.jsonl and TensorBoard; other ranks get a silent logger."""
+    """Writes scalars to metrics.jsonl and TensorBoard; other ranks get a silent logger.
+
+    `open(step)` starts the files at the step training continues from: rows and events of later
+    steps (written before a stop and re-run after the resume) are removed first, so each step is
+    logged exactly once. `flush()` makes everything logged so far durable (called with each checkpoint).
+    """
 
     def __init__(self, folder, enabled, tensorboard=True):
         self.enabled = enabled
         self.folder = folder
+        self.tensorboard = tensorboard
         self._jsonl = None
         self._tb = None
-        if not enabled:
-            return
-        os.makedirs(folder, exist_ok=True)
-        self._jsonl = open(os.path.join(folder, "metrics.jsonl"), "a", buffering=1)
-        if tensorboard:
+
+    def open(self, step):
+        """Truncate the logs to `step` and open them for appending; returns what was removed, as text."""
+        if not self.enabled:
+            return None
+        removed = truncate_jsonl(os.path.join(self.folder, "metrics.jsonl"), step)
+        self._jsonl = open(os.path.join(self.folder, "metrics.jsonl"), "a", buffering=1)
+        cut = 0
+        if self.tensorboard:
+            for path in sorted(glob.glob(os.path.join(self.folder, "tb", "events.out.tfevents.*"))):
+                cut += truncate_events(path, step)
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(folder, "tb"))
+            self._tb = SummaryWriter(os.path.join(self.folder, "tb"), purge_step=step + 1 if step else None)
+        if removed or cut:
+            return (f"logs continue from iteration {step}: removed {removed} metrics.jsonl row(s) and "
+                    f"{cut} TensorBoard byte(s) written after it")
+        return None
+
+    def flush(self):
+        if self._jsonl is not None:
+            self._jsonl.flush()
+            os.fsync(self._jsonl.fileno())
+        if self._tb is not None:
+            self._tb.flush()
 
     def info(self, message):
         if self.enabled:

@@ -3,7 +3,6 @@ import inspect
 import dataclasses
 import os
 import resource
-import signal
 import time
 
 import torch
@@ -17,13 +16,16 @@ from data import build_eval_loader, build_train_loader
 from models import build_model, load_strict
 
 from . import checkpoint as ckpt
-from .distributed import all_gather_objects, all_reduce_sum, barrier, broadcast_object
+from .distributed import all_gather_objects, all_reduce_sum, broadcast_object
 from .evaluate import autocast, evaluate
 from .logger import RunLogger
 from .optim import build_optimizer
+from .resume import check_config_change, check_training_checkpoint, local_buffers, restore_buffers
+from .run_folder import RunFolderError, RunLock
 from .schedule import lr_at
 from .setting import apply_setting_rules, resolve_setting
 from .state import capture_rng, restore_rng, seed_everything
+from .stop import AGENT_DIED, StopWatch
 
 
 class Trainer:
@@ -32,6 +34,7 @@ class Trainer:
     def __init__(self, cfg, env, run_dir):
         cfg, notes = apply_setting_rules(cfg)
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
+        self.lock = self._lock_run_folder()  # before anything in the folder is read or written
         self.log = RunLogger(run_dir, env.is_main, cfg.log.tensorboard)
         self.setting = resolve_setting(cfg.batch, cfg.optim.lr, env.world)
         for line in [self.setting.describe()] + notes:
@@ -50,21 +53,37 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.best_top1 = -1.0
         self.bad_images = 0
-        self._saved_step = None
+        self.epoch_end_pending = False  # the epoch has ended but its validation/checkpoint work has not run
+        self._saved = None              # (global_step, epoch_end_pending) of the newest checkpoint written
         self._recal_loader = None
-        self._signal = None          # set by _on_signal; acted upon at the next step, on every rank together
-        self.stop_reason = None      # why fit() returned before the last epoch: "max_iters" or "signal"
+        self.stop = StopWatch()         # signals and agent death, acted upon at the next step by all ranks
+        self.stop_reason = None         # why fit() returned before the last epoch: "max_iters" or "signal"
         self._start_time = time.perf_counter()
-        self._resume()  # before DDP, so every rank starts from the same loaded state
+        own_buffers = self._resume()  # before DDP, so every rank starts from the same loaded state
         self.net = self.model
         if env.active:
             self.net = DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda"
                                                else None, **_rank_local_buffers())
+        if own_buffers:  # after DDP, which broadcasts rank 0's buffers at construction
+            restore_buffers(self.model, own_buffers)
         if cfg.train.compile:
             self.net = torch.compile(self.net)
         if env.is_main:
             ckpt.atomic_write(os.path.join(run_dir, "config.yaml"),
                               lambda f: f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()))
+
+    def _lock_run_folder(self):
+        """Rank 0 takes the folder's lock; every rank raises the same one-line error if it cannot."""
+        lock, error = None, None
+        if self.env.is_main:
+            try:
+                lock = RunLock(self.run_dir)
+            except RunFolderError as e:
+                error = str(e)
+        error = broadcast_object(error)
+        if error:
+            raise RunFolderError(error)
+        return lock
 
     # ----- set-up -------------------------------------------------------------------------------
     def _set_determinism(self):
@@ -86,45 +105,64 @@ class Trainer:
         return autocast(self.cfg.train.precision, self.env.device.type)
 
     # ----- checkpoints --------------------------------------------------------------------------
-    def _state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def _state(self, model_state, rank_buffers):
+        return {"model": model_state, "rank_buffers": rank_buffers, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "best_top1": self.best_top1, "bad_images": self.bad_images, "world": self.env.world,
+                "epoch_end_pending": self.epoch_end_pending,
                 "rng": all_gather_objects(capture_rng()), "config": to_dict(self.cfg),
                 "classes": getattr(self.train_loader.dataset, "classes", None)}
 
     def save(self, best=False):
-        """All ranks: sync running stats, gather RNG states; rank 0 writes the checkpoint atomically."""
+        """All ranks: gather RNG states and running statistics; rank 0 writes the checkpoint atomically.
+
+        The model state holds the running statistics averaged over ranks (what evaluation uses), and
+        rank_buffers every rank's own, so that a resume continues exactly; the model is not changed.
+        """
+        own = local_buffers(self.model)
         norms.average_running_stats(self.model)
-        bad = [name for name, t in self.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        model_state = {k: v.detach().clone() if k in own else v for k, v in self.model.state_dict().items()}
+        restore_buffers(self.model, own)
+        bad = [name for name, t in model_state.items() if t.is_floating_point() and not t.isfinite().all()]
         if bad:
             raise FloatingPointError(f"refusing to checkpoint non-finite weights ('{bad[0]}') at iteration "
                                      f"{self.global_step}; the last checkpoint in {self.run_dir} is intact")
-        state = self._state()
+        state = self._state(model_state, all_gather_objects(own) if self.env.active else None)
+        error = None
         if self.env.is_main:
-            path = ckpt.save_periodic(state, self.run_dir, self.global_step, self.cfg.checkpoint.keep_last)
-            if best:
-                ckpt.atomic_copy(path, os.path.join(self.run_dir, "best.pt"))
-            self.log.info(f"saved {path}{' (best)' if best else ''}")
-        self._saved_step = self.global_step
-        barrier()
+            self.log.flush()  # the logs hold at least every step the checkpoint holds
+            try:
+                path = ckpt.save_periodic(state, self.run_dir, self.global_step, self.cfg.checkpoint.keep_last)
+                if best:
+                    ckpt.atomic_copy(path, os.path.join(self.run_dir, "best.pt"))
+                self.log.info(f"saved {path}{' (best)' if best else ''}")
+            except RunFolderError as e:
+                error = str(e)
+        error = broadcast_object(error)  # also keeps the ranks together, as a barrier would
+        if error:
+            raise RunFolderError(error)
+        self._saved = (self.global_step, self.epoch_end_pending)
 
     def _resume(self):
-        """Rank 0 picks the checkpoint (resume=auto: newest readable) and every rank loads that same file."""
+        """Rank 0 picks the checkpoint (resume=auto: newest readable) and every rank loads that same file.
+
+        Returns this rank's own running statistics to restore once DDP is built (None: keep the loaded ones).
+        """
         target = self.cfg.checkpoint.resume
         if self.env.is_main:
             for path in ckpt.remove_stale_temporaries(self.run_dir):
                 self.log.info(f"removed {path}: a checkpoint write interrupted by a kill")
-        if target == "none":
-            return
         state = None
         if target == "auto":
             chosen, state = ckpt.load_newest(self.run_dir, self.log.info) if self.env.is_main else (None, None)
             target = broadcast_object(chosen)
-            if target is None:
-                return
+        if target in ("none", None):
+            self._open_logs()
+            return None
         state = state or ckpt.load(target)
+        check_training_checkpoint(state, target)
+        changed = check_config_change(state.get("config"), to_dict(self.cfg), self.run_dir)
         newer = [p for p in ckpt.list_checkpoints(self.run_dir) if ckpt.step_of(p) > state["global_step"]]
         if self.cfg.checkpoint.resume != "auto" and newer:
             raise ValueError(f"{self.run_dir} already holds checkpoints past iteration {state['global_step']} "
@@ -136,38 +174,46 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best_top1 = state["global_step"], state["best_top1"]
         self.bad_images = state.get("bad_images", 0)
+        self.epoch_end_pending = state.get("epoch_end_pending", False)
+        if os.path.samefile(os.path.dirname(os.path.abspath(target)), self.run_dir):
+            self._saved = (self.global_step, self.epoch_end_pending)
+        own = None
         if state["world"] == self.env.world:
             restore_rng(state["rng"][self.env.rank])
+            own = (state.get("rank_buffers") or [None] * self.env.world)[self.env.rank]
         else:
-            self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG streams restart")
-        changed = _changed_keys(state.get("config", {}), to_dict(self.cfg))
+            self.log.info(f"world size changed ({state['world']} -> {self.env.world}): RNG streams restart "
+                          "and every rank starts from the averaged running statistics")
         if changed:
             self.log.info(f"warning: resuming with a changed config: {', '.join(changed)}")
+        self._open_logs()
         self.log.info(f"resumed from {target}: epoch {self.epoch}, iteration {self.global_step}")
+        return own
+
+    def _open_logs(self):
+        note = self.log.open(self.global_step)
+        if note:
+            self.log.info(note)
 
     # ----- training -----------------------------------------------------------------------------
     def fit(self):
         """Train until train.epochs (or train.max_iters), evaluating and checkpointing on schedule."""
-        cfg = self.cfg
         metrics = None
-        _install_stop_handlers(self._on_signal)
-        while self.epoch < cfg.train.epochs:
+        self.stop.install()
+        while True:
+            if self.epoch_end_pending:  # also after a resume from a stop at an epoch's end
+                metrics = self.end_epoch()
+                if self.stop_reason:
+                    return self._stop_early()
+            if self.epoch >= self.cfg.train.epochs:
+                break
             if not self.train_epoch():
                 return self._stop_early()
-            if self._stop_requested():  # a signal during the epoch's last steps: no time to validate first
+            self.epoch_end_pending = True
+            if self._stop_requested():  # a stop during the epoch's last steps: validate after the resume
                 self.stop_reason = "signal"
                 return self._stop_early()
-            last = self.epoch == cfg.train.epochs
-            metrics = self.validate() if last or self.epoch % cfg.train.eval_every == 0 else None
-            best = metrics is not None and metrics["top1"] > self.best_top1
-            if best:
-                self.best_top1 = metrics["top1"]
-            if best or last or (cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0):
-                self.save(best=best)
-            if self._max_iters_reached() and not last:
-                self.stop_reason = "max_iters"
-                return self._stop_early()
-        if metrics is None:  # resumed after the last epoch had finished
+        if metrics is None:  # resumed after the run had finished: final.json is written anew
             metrics = self.validate()
         if self.env.is_main:
             summary = {k: v for k, v in metrics.items() if not torch.is_tensor(v)}
@@ -176,29 +222,57 @@ class Trainer:
                               "switch_weights": norms.switch_weights(self.model),
                               "train_time_s": round(time.perf_counter() - self._start_time, 1)},
                              os.path.join(self.run_dir, "final.json"))
-        self.log.close()
+        self.close()
         return metrics
+
+    def end_epoch(self):
+        """An ended epoch's work, done once: validation and checkpoint on schedule, the best top-1."""
+        cfg = self.cfg
+        last = self.epoch == cfg.train.epochs
+        metrics = self.validate() if last or self.epoch % cfg.train.eval_every == 0 else None
+        best = metrics is not None and metrics["top1"] > self.best_top1
+        if best:
+            self.best_top1 = metrics["top1"]
+        self.epoch_end_pending = False
+        if best or last or (cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0):
+            self.save(best=best)
+        if self._max_iters_reached() and not last:
+            self.stop_reason = "max_iters"
+        return metrics
+
+    def close(self):
+        """Close the logs and release the run folder (rank 0)."""
+        self.log.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def _max_iters_reached(self):
         return bool(self.cfg.train.max_iters) and self.global_step >= self.cfg.train.max_iters
 
     def _stop_early(self):
-        if self._saved_step != self.global_step:  # an epoch-end checkpoint may already hold this step
+        if self._saved != (self.global_step, self.epoch_end_pending):  # a checkpoint may already hold this state
             self.save()
         if self.stop_reason == "signal":
-            self.log.info(f"stopping on signal {signal.Signals(self._signal).name if self._signal else '(other rank)'}: "
-                          f"checkpoint written at iteration {self.global_step}; rerun (or requeue) to resume")
+            what = AGENT_DIED if self.stop.reason == AGENT_DIED else \
+                f"signal {self.stop.reason or '(on another rank)'}"
+            self.log.info(f"stopping on {what}: checkpoint written at iteration {self.global_step}; "
+                          "rerun (or requeue) to resume")
         else:
             self.log.info(f"stopped at iteration {self.global_step} (train.max_iters); rerun to continue")
-        self.log.close()
+        self.close()
         return None
 
-    def _on_signal(self, signum, frame):
-        self._signal = signum
+    @property
+    def exit_code(self):
+        """0 when finished or stopped by train.max_iters; 130 after SIGINT, 143 after another stop request."""
+        return self.stop.exit_code if self.stop_reason == "signal" else 0
+
+    def _on_signal(self, signum, frame=None):
+        self.stop.on_signal(signum, frame)
 
     def _stop_requested(self):
-        """True on every rank when any rank has received a stop signal (one small all-reduce)."""
-        flag = torch.tensor([float(self._signal is not None)], dtype=torch.float64, device=self.env.device)
+        """True on every rank when any rank has a stop request (one small all-reduce)."""
+        flag = torch.tensor([float(self.stop.requested())], dtype=torch.float64, device=self.env.device)
         return all_reduce_sum(flag).item() > 0
 
     def record_divergence(self, error):
@@ -233,7 +307,7 @@ class Trainer:
             meter["steps"] += 1
             if self.global_step % self.cfg.log.print_every == 0:
                 self._log_train(meter, lr)
-            if stop and self.step_in_epoch < self.steps_per_epoch:  # at an epoch's end, validate first
+            if stop and self.step_in_epoch < self.steps_per_epoch:  # at an epoch's end, fit() stops
                 self.stop_reason = "signal"
                 return False
             if self._max_iters_reached() and self.step_in_epoch < self.steps_per_epoch:
@@ -276,7 +350,7 @@ class Trainer:
         grad_ok = bool(self.scaler) or torch.isfinite(grad_norm)
         top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
         # one collective and one host sync per step: the guard, bad images, stop signals and the metrics together
-        stop = torch.tensor(float(self._signal is not None), dtype=torch.float64, device=device)
+        stop = torch.tensor(float(self.stop.requested()), dtype=torch.float64, device=device)
         stats = torch.stack([(~(torch.isfinite(loss.detach()) & grad_ok)).double(), (bad >= 0).sum().double().to(device),
                              loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double(), stop])
         nonfinite, bad_total, loss_sum, correct1, correct5, stop = all_reduce_sum(stats).tolist()
@@ -361,14 +435,6 @@ class Trainer:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _install_stop_handlers(handler):
-    """SIGTERM (Slurm preemption, torchrun forwarding) and SIGUSR1 ask for a checkpoint and a clean exit."""
-    import threading
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, handler)
-
-
 def _rank_local_buffers():
     """DDP option keeping running statistics per rank (per-GPU semantics); norms.average_running_stats syncs them.
 
@@ -385,18 +451,3 @@ def _check_same_classes(train, val):
         extra = sorted(set(val.classes) ^ set(train.classes))
         raise ValueError(f"train and val folders hold different classes (e.g. '{extra[0] if extra else '?'}'); "
                          "both need the same class folders")
-
-
-_RUNTIME_KEYS = ("checkpoint.", "log.", "train.max_iters", "data.workers")
-
-
-def _changed_keys(saved, current, prefix=""):
-    """Dotted keys whose values differ, ignoring options that do not change the optimization."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b, path = saved.get(key), current.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_keys(a, b, path + ".")
-        elif a != b and not path.startswith(_RUNTIME_KEYS):
-            out.append(path)
-    return out

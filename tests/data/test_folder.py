@@ -1,11 +1,15 @@
-"""ImageFolder: layout, RGB decoding, bad-file substitution, per-sample augmentation seeds."""
+"""ImageFolder: layout, symlinks, RGB decoding, bad-file substitution, per-sample augmentation seeds."""
+import multiprocessing
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from data import ImageFolder
+from configs.schema import DataConfig
+from data import ImageFolder, build_eval_loader
 
 from .images import make_folder, write_image, write_truncated
 
@@ -132,3 +136,108 @@ def test_same_batches_with_two_workers_and_none(tmp_path):
     serial, parallel = batches(0), batches(2)
     direct = torch.stack([ds[k][0] for k in keys])
     assert torch.equal(torch.cat(serial), direct) and torch.equal(torch.cat(parallel), direct)
+
+
+def scan_with_timeout(root, timeout=60):
+    """(classes, samples, notes) of ImageFolder(root), built in a forked child so that a walk that never ends
+    fails the test instead of hanging it."""
+    receive, send = multiprocessing.Pipe(duplex=False)
+
+    def child():
+        try:
+            ds = ImageFolder(root)
+            send.send((ds.classes, ds.samples, getattr(ds, "notes", None)))
+        except Exception as error:          # noqa: BLE001 - handed to the parent, which re-raises it
+            send.send(error)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    try:
+        if not receive.poll(timeout):
+            pytest.fail(f"ImageFolder({root}) did not finish within {timeout} s")
+        result = receive.recv()
+    finally:
+        process.kill()
+        process.join()
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def real_samples(root, classes=("ant", "cat"), per_class=2):
+    """make_folder's files as the sample list a scan must return: only the real files, each under its class."""
+    make_folder(root, classes=classes, per_class=per_class)
+    return [(os.path.join(root, name, f"{i}.jpg"), target)
+            for target, name in enumerate(sorted(classes)) for i in range(per_class)]
+
+
+SKIPPED_LINKS = {      # links made in root=val/ (class folders ant, cat) -> the one note the scan must give
+    "loop to a parent": ({"cat/sub/up": ".."},
+                         "val/cat/sub/up: symlink loop to an already visited folder, skipped"),
+    "loop to the split root": ({"ant/loopdir": ".."},          # val/ itself, so val/cat as class ant
+                               "val/ant/loopdir: symlink to a folder that contains the split, skipped"),
+    "two loops and one above the split": ({"ant/a": "..", "ant/b": "..", "cat/up": "../.."},   # hangs on old code
+                                          "val/ant/a and 2 more: symlink to a folder that contains the split, skipped"),
+    "into another class": ({"ant/borrowed": "../cat", "ant/stolen.jpg": "../cat/0.jpg"},
+                           "val/ant/borrowed and 1 more: symlink into class folder cat, whose images are counted "
+                           "there, skipped"),
+    "same file twice": ({"cat/a_copy.jpg": "0.jpg", "cat/nested/again.jpg": "../1.jpg"},   # a_copy sorts first
+                        "val/cat/a_copy.jpg and 1 more: another link to a file already counted in this class, skipped"),
+    "broken": ({"cat/gone.jpg": "missing.jpg", "cat/gonedir": "../../nowhere", "ant/self.jpg": "self.jpg"},
+               "val/ant/self.jpg and 2 more: broken symlink, skipped"),
+}
+
+
+@pytest.mark.parametrize("case", SKIPPED_LINKS)
+def test_symlinks_that_would_count_images_twice_or_wrongly_are_skipped_and_noted(tmp_path, case):
+    links, note = SKIPPED_LINKS[case]
+    root = tmp_path / "val"
+    expected = real_samples(root)
+    for link, target in links.items():
+        (root / link).parent.mkdir(exist_ok=True)
+        (root / link).symlink_to(target)
+    classes, samples, notes = scan_with_timeout(root)
+    assert classes == ["ant", "cat"] and samples == expected
+    assert notes == [note]
+
+
+def test_hard_links_to_one_file_count_once(tmp_path):
+    expected = real_samples(tmp_path)
+    os.link(tmp_path / "cat" / "1.jpg", tmp_path / "cat" / "hard.jpg")
+    assert scan_with_timeout(tmp_path)[1] == expected
+
+
+def test_symlinked_class_folder_and_subfolder_are_followed(tmp_path):
+    root = tmp_path / "val"
+    expected = real_samples(root)
+    write_image(tmp_path / "store" / "bee" / "b.jpg", seed=20)
+    write_image(tmp_path / "store" / "pool" / "p.jpg", seed=21)
+    (root / "bee").symlink_to(tmp_path / "store" / "bee")              # a class folder that is a link
+    (root / "cat" / "pool").symlink_to(tmp_path / "store" / "pool")    # a linked subfolder outside the split
+    classes, samples, notes = scan_with_timeout(root)
+    assert classes == ["ant", "bee", "cat"]
+    assert samples == ([s for s in expected if s[1] == 0] + [(str(root / "bee" / "b.jpg"), 1)]
+                       + [(p, 2) for p, t in expected if t == 1] + [(str(root / "cat" / "pool" / "p.jpg"), 2)])
+    assert notes == []
+
+
+def test_two_class_folders_that_are_one_folder_are_an_error(tmp_path):
+    root = tmp_path / "val"
+    real_samples(root)
+    (root / "dog").symlink_to("cat")
+    with pytest.raises(ValueError) as info:
+        scan_with_timeout(root)
+    message = str(info.value)
+    assert "\n" not in message and str(root / "cat") in message and str(root / "dog") in message
+
+
+def test_eval_loader_prints_the_notes_once_on_rank_0(tmp_path, capsys):
+    real_samples(tmp_path / "val")
+    (tmp_path / "val" / "cat" / "gone.jpg").symlink_to("missing.jpg")
+    cfg = DataConfig(root=str(tmp_path), workers=0, val_resize=20, val_crop=16)
+    assert len(build_eval_loader(cfg, 2, rank=1, world=2).dataset) == 4
+    assert capsys.readouterr().out == ""
+    build_eval_loader(cfg, 2, rank=0, world=2)
+    assert capsys.readouterr().out == "note: val/cat/gone.jpg: broken symlink, skipped\n"
+    build_eval_loader(cfg, 2, rank=0, world=2)          # the recalibration loader scans a split again
+    assert capsys.readouterr().out == ""
