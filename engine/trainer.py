@@ -57,6 +57,7 @@ class Trainer:
         self._saved = None              # (global_step, epoch_end_pending) of the newest checkpoint written
         self._recal_loader = None
         self.stop = StopWatch()         # signals and agent death, acted upon at the next step by all ranks
+        self.stop.install()
         self.stop_reason = None         # why fit() returned before the last epoch: "max_iters" or "signal"
         self._start_time = time.perf_counter()
         own_buffers = self._resume()  # before DDP, so every rank starts from the same loaded state
@@ -199,7 +200,6 @@ class Trainer:
     def fit(self):
         """Train until train.epochs (or train.max_iters), evaluating and checkpointing on schedule."""
         metrics = None
-        self.stop.install()
         while True:
             if self.epoch_end_pending:  # also after a resume from a stop at an epoch's end
                 metrics = self.end_epoch()

@@ -171,8 +171,8 @@ def test_checkpoint_files_keep_old_runs_safe_and_are_readable(tmp_path, dataset)
     run_dir = tmp_path / "runs" / "run"
     assert (os.stat(run_dir / "checkpoint_000000006.pt").st_mode & 0o044) == 0o044  # group/other readable
     again = run("train.py", ["--config", cfg, f"checkpoint.resume={run_dir / 'checkpoint_000000006.pt'}",
-                             "train.epochs=2", "train.max_iters=8", "optim.lr=0.1"])
-    assert "resuming with a changed config: optim.lr" in again.stdout
+                             "train.epochs=2", "train.max_iters=8"])
+    assert "resuming with a changed config: train.epochs, train.max_iters" in again.stdout
     older = run_dir / "checkpoint_000000006.pt"
     refused = run("train.py", ["--config", cfg, f"checkpoint.resume={older}", "train.epochs=2"], check=False)
     assert refused.returncode == 2 and "already holds checkpoints past iteration 6" in refused.stderr

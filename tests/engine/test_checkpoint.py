@@ -29,9 +29,9 @@ def test_retention_and_newest_readable(tmp_path):
     newest = tmp_path / "checkpoint_000000040.pt"
     newest.write_bytes(newest.read_bytes()[:50])  # truncated by a crash
     logged = []
-    with pytest.warns(UserWarning, match="skipping unreadable checkpoint"):
-        path, state = ckpt.load_newest(tmp_path, logged.append)
+    path, state = ckpt.load_newest(tmp_path, logged.append)
     assert path.endswith("checkpoint_000000030.pt") and state["step"] == 30
+    assert len(logged) == 1 and "skipping unreadable checkpoint" in logged[0]  # said once, through the log
     assert "checkpoint_000000040.pt" in logged[0]
 
 
@@ -58,3 +58,90 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "notes.tmp").write_bytes(b"keep")
     assert remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / ".tmp-abc")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000000001.pt", "notes.tmp"]
+
+
+def _tensor_data_offset(path, member_suffix):
+    """Byte offset in the zip file of the stored (uncompressed) data of the member ending in member_suffix."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if i.filename.endswith(member_suffix)), key=lambda i: i.file_size)
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_a_flipped_bit_in_tensor_data_fails_the_checksum(tmp_path):
+    weights = torch.randn(1000, dtype=torch.float64)
+    ckpt.save_periodic({"model": {"w": weights}, "step": 1}, tmp_path, 1, keep_last=3)
+    ckpt.save_periodic({"model": {"w": weights + 1}, "step": 2}, tmp_path, 2, keep_last=3)
+    newest = tmp_path / "checkpoint_000000002.pt"
+    offset, size = _tensor_data_offset(newest, "/data/0")
+    data = bytearray(newest.read_bytes())
+    data[offset + size // 2] ^= 0x10
+    newest.write_bytes(bytes(data))
+    # torch itself loads the damaged file without complaint: only the checksum can tell
+    raw = torch.load(newest, weights_only=True)
+    assert not torch.equal(raw["model"]["w"], weights + 1)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        ckpt.load(newest)
+    logged = []
+    path, state = ckpt.load_newest(tmp_path, logged.append)
+    assert path.endswith("checkpoint_000000001.pt") and torch.equal(state["model"]["w"], weights)
+    assert len(logged) == 1 and "checksum mismatch" in logged[0]
+
+
+def test_checksum_covers_every_value_and_ignores_key_order():
+    from models.checkpoints import content_digest
+    base = {"a": torch.arange(4.0), "b": [1, 2.5, None, "x"], "c": {"n": torch.tensor(True)}}
+    assert content_digest(base) == content_digest(dict(reversed(list(base.items()))))
+    variants = [{**base, "a": torch.arange(4.0).double()}, {**base, "a": torch.arange(4.0).reshape(2, 2)},
+                {**base, "b": [1, 2.5000001, None, "x"]}, {**base, "b": [1, 2.5, 0, "x"]},
+                {**base, "c": {"n": torch.tensor(False)}}, {**base, "d": 0}]
+    digests = {content_digest(v) for v in variants}
+    assert len(digests) == len(variants) and content_digest(base) not in digests
+
+
+def _tmpfs(path, size, readonly=False):
+    """Mount a small tmpfs at `path` (root only); returns False (the caller skips, saying why) if not possible."""
+    import subprocess
+    os.makedirs(path, exist_ok=True)
+    options = f"size={size}" + (",ro" if readonly else "")
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(path):
+    import subprocess
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_full_disk_keeps_the_last_good_checkpoint_and_says_so(tmp_path):
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "256k"):
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs a real small file system")
+    try:
+        ckpt.save_periodic({"w": torch.zeros(1000)}, disk, 1, keep_last=5)
+        with pytest.raises(ckpt.RunFolderError) as caught:
+            ckpt.save_periodic({"w": torch.zeros(100_000)}, disk, 2, keep_last=5)  # 400 kB on a 256 kB disk
+        message = str(caught.value)
+        assert "no space left on device writing" in message and "checkpoint_000000002.pt" in message
+        assert f"the last good checkpoint {disk / 'checkpoint_000000001.pt'} is intact" in message
+        assert "\n" not in message
+        assert sorted(os.listdir(disk)) == ["checkpoint_000000001.pt"]  # no partial file left behind
+        assert torch.equal(ckpt.load(disk / "checkpoint_000000001.pt")["w"], torch.zeros(1000))
+    finally:
+        _umount(disk)
+
+
+def test_read_only_folder_gives_one_line(tmp_path):
+    disk = tmp_path / "ro"
+    if not _tmpfs(disk, "64k", readonly=True):
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        with pytest.raises(ckpt.RunFolderError, match="Read-only file system; choose a writable log.out_dir"):
+            ckpt.atomic_json({"a": 1}, disk / "run" / "final.json")
+    finally:
+        _umount(disk)
