@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from tests.engine.tiny import make_image_folder, run, write_config
+from tests.engine.tiny import assert_bitwise_equal, final_state, make_image_folder, read_until, run, start, write_config
 
 
 @pytest.fixture(scope="module")
@@ -13,33 +13,29 @@ def dataset(tmp_path_factory):
     return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))
 
 
-def final_state(run_dir):
-    """Model and optimizer state of the newest checkpoint."""
-    names = sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_"))
-    state = torch.load(os.path.join(run_dir, names[-1]), weights_only=True)
-    return names[-1], state
-
-
-def assert_bitwise_equal(a, b):
-    assert a["global_step"] == b["global_step"]
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for pid, buf in a["optimizer"]["state"].items():
-        assert torch.equal(buf["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+@pytest.fixture(scope="module")
+def uninterrupted_dir(tmp_path_factory, dataset):
+    tmp = str(tmp_path_factory.mktemp("full"))
+    run("train.py", ["--config", write_config(tmp, dataset)])
+    return os.path.join(tmp, "runs", "run")
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, dataset):
-    tmp = str(tmp_path_factory.mktemp("full"))
-    run("train.py", ["--config", write_config(tmp, dataset)])
-    return final_state(os.path.join(tmp, "runs", "run"))[1]
+def uninterrupted(uninterrupted_dir):
+    return final_state(uninterrupted_dir)[1]
 
 
-def test_two_process_torchrun_run_writes_everything(tmp_path, dataset):
-    cfg = write_config(str(tmp_path), dataset, gpus=4, b=2)
-    proc = run("train.py", ["--config", cfg], nproc=2)
-    assert "each process emulates 2 GPUs (stat_groups=2)" in proc.stdout
-    run_dir = tmp_path / "runs" / "run"
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, dataset):
+    """An uninterrupted (4, 2) run on 2 processes: (stdout, run folder)."""
+    tmp = tmp_path_factory.mktemp("two")
+    proc = run("train.py", ["--config", write_config(str(tmp), dataset, gpus=4, b=2)], nproc=2)
+    return proc.stdout, tmp / "runs" / "run"
+
+
+def test_two_process_torchrun_run_writes_everything(dataset, two_process_run):
+    stdout, run_dir = two_process_run
+    assert "each process emulates 2 GPUs (stat_groups=2)" in stdout
     names = set(os.listdir(run_dir))
     assert {"config.yaml", "metrics.jsonl", "final.json", "best.pt", "tb"} <= names
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tb"))
@@ -58,6 +54,62 @@ def test_two_process_torchrun_run_writes_everything(tmp_path, dataset):
     assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-6)  # the checkpoint holds what was evaluated
     train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert all(k in train[0] for k in ("loss", "lr", "top1", "images_per_s", "data_wait_fraction"))
+
+
+def test_two_process_resume_after_an_off_schedule_checkpoint_is_bitwise_exact(tmp_path, dataset, two_process_run):
+    """Running statistics included: the checkpoint written at a stop must not change the trajectory."""
+    cfg = write_config(str(tmp_path), dataset, gpus=4, b=2)
+    run("train.py", ["--config", cfg, "train.max_iters=3"], nproc=2)
+    _, stopped = final_state(tmp_path / "runs" / "run")
+    assert len(stopped["rank_buffers"]) == 2
+    assert any(not torch.equal(stopped["rank_buffers"][0][k], stopped["rank_buffers"][1][k])
+               for k in stopped["rank_buffers"][0])  # per-GPU statistics really differ between the ranks
+    run("train.py", ["--config", cfg], nproc=2)
+    assert_bitwise_equal(final_state(tmp_path / "runs" / "run")[1], final_state(two_process_run[1])[1])
+    resumed, full = (json.loads((d / "final.json").read_text()) for d in (tmp_path / "runs" / "run", two_process_run[1]))
+    assert (resumed["loss"], resumed["correct1"]) == (full["loss"], full["correct1"])
+
+
+@pytest.mark.parametrize("epoch", [1, 2], ids=["first_epoch", "last_epoch"])
+def test_stop_at_an_epochs_end_validates_after_resume_as_an_uninterrupted_run(tmp_path, dataset, uninterrupted_dir,
+                                                                              monkeypatch, epoch):
+    """The stop request arrives during the epoch's last step (simulated in-process); the rest is a real rerun."""
+    import signal
+    from configs import load_config
+    from engine.distributed import init_distributed
+    from engine.trainer import Trainer
+    cfg = write_config(str(tmp_path), dataset)
+    run_dir = tmp_path / "runs" / "run"
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1), so the runs are bitwise comparable
+    try:
+        trainer = Trainer(load_config(cfg), init_distributed(), str(run_dir))
+        original = trainer.train_epoch
+
+        def epoch_then_signal():
+            done = original()
+            if trainer.epoch == epoch:
+                trainer._on_signal(signal.SIGTERM)
+            return done
+        trainer.train_epoch = epoch_then_signal
+        assert trainer.fit() is None and trainer.stop_reason == "signal"
+    finally:
+        torch.set_num_threads(threads)
+    assert not any('"val"' in line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["step"] == 6 * epoch)
+    run("train.py", ["--config", cfg])
+    full = os.path.join(uninterrupted_dir)
+    best, best_full = (torch.load(os.path.join(d, "best.pt"), weights_only=True) for d in (run_dir, full))
+    assert best["global_step"] == best_full["global_step"]
+    assert_bitwise_equal(best, best_full)
+    final, final_full = (json.loads(open(os.path.join(d, "final.json")).read()) for d in (run_dir, full))
+    final.pop("train_time_s"), final_full.pop("train_time_s")
+    assert final == final_full
+    vals = [(r["step"], r["top1"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "val"]
+    assert vals == [(r["step"], r["top1"], r["loss"]) for r in map(json.loads, open(os.path.join(full, "metrics.jsonl")))
+                    if r["kind"] == "val"]
 
 
 @pytest.mark.parametrize("stop_at", [3, 6], ids=["mid_epoch", "epoch_boundary"])
@@ -198,25 +250,9 @@ def test_command_line_errors(tmp_path, dataset):
     assert "stat_groups=2" in dry.stdout and "lr 0.015625" in dry.stdout
 
 
-def _start(args, nproc=0):
-    """train.py as a background process whose stdout can be read line by line."""
-    import subprocess
-    import sys
-    from tests.engine.tiny import REPO
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
-        else [sys.executable]
-    return subprocess.Popen(launcher + [os.path.join(REPO, "train.py")] + list(map(str, args)), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _signal_after_first_step(proc, sig):
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if " iter 1 " in line:
-            proc.send_signal(sig)
-            break
+    lines = read_until(proc, " iter 1 ")
+    proc.send_signal(sig)
     lines += proc.stdout.readlines()
     return proc.wait(timeout=120), "".join(lines)
 
@@ -224,7 +260,7 @@ def _signal_after_first_step(proc, sig):
 def test_sigusr1_checkpoints_exits_143_and_resume_is_exact(tmp_path, dataset, uninterrupted):
     import signal
     cfg = write_config(str(tmp_path), dataset)
-    code, out = _signal_after_first_step(_start(["--config", cfg]), signal.SIGUSR1)
+    code, out = _signal_after_first_step(start(["--config", cfg]), signal.SIGUSR1)
     assert code == 143, out
     assert "stopping on signal SIGUSR1: checkpoint written at iteration" in out
     run_dir = tmp_path / "runs" / "run"
@@ -240,7 +276,7 @@ def test_sigusr1_checkpoints_exits_143_and_resume_is_exact(tmp_path, dataset, un
 def test_sigterm_to_torchrun_reaches_every_rank_and_the_run_resumes(tmp_path, dataset):
     import signal
     cfg = write_config(str(tmp_path), dataset, epochs=3)
-    code, out = _signal_after_first_step(_start(["--config", cfg], nproc=2), signal.SIGTERM)
+    code, out = _signal_after_first_step(start(["--config", cfg], nproc=2), signal.SIGTERM)
     assert code != 0, out
     assert "stopping on signal SIGTERM: checkpoint written at iteration" in out
     run_dir = tmp_path / "runs" / "run"

@@ -145,3 +145,22 @@ def test_read_only_folder_gives_one_line(tmp_path):
             ckpt.atomic_json({"a": 1}, disk / "run" / "final.json")
     finally:
         _umount(disk)
+
+
+def test_which_config_changes_a_resume_refuses():
+    from configs import Config, to_dict
+    from engine.resume import check_config_change
+    from engine.run_folder import RunFolderError
+    saved = to_dict(Config())
+    for key in ("model.depth", "norm.momentum", "batch.gpus", "optim.weight_decay", "schedule.milestones",
+                "data.root", "data.train_crop", "train.seed", "train.precision", "train.label_smoothing"):
+        section, name = key.split(".")
+        changed = {**saved, section: {**saved[section], name: "other"}}
+        with pytest.raises(RunFolderError, match=f"changed experiment: {key} "):
+            check_config_change(saved, changed, "RUN")
+    for key in ("train.epochs", "train.max_iters", "train.eval_every", "log.print_every", "data.max_bad_images"):
+        section, name = key.split(".")
+        assert check_config_change(saved, {**saved, section: {**saved[section], name: 7}}, "RUN") == [key]
+    for key in ("data.workers", "log.name", "checkpoint.every_iters", "checkpoint.resume"):
+        section, name = key.split(".")
+        assert check_config_change(saved, {**saved, section: {**saved[section], name: 7}}, "RUN") == []

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,3 +55,42 @@ def run(script, args, nproc=0, timeout=300, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def start(args, nproc=0, script="train.py", **popen):
+    """train.py as a background process whose stdout (with stderr) can be read line by line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
+        else [sys.executable]
+    return subprocess.Popen(launcher + [os.path.join(REPO, script)] + list(map(str, args)), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def read_until(proc, marker):
+    """Lines of proc's output up to and including the first one containing `marker` (all, if it never comes)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    return lines
+
+
+def final_state(run_dir):
+    """(name, state) of the newest checkpoint in run_dir."""
+    names = sorted(n for n in os.listdir(run_dir) if n.startswith("checkpoint_"))
+    state = torch.load(os.path.join(run_dir, names[-1]), weights_only=True)
+    return names[-1], state
+
+
+def assert_bitwise_equal(a, b):
+    """Same step, model (running statistics included), every rank's own buffers and optimizer state."""
+    assert a["global_step"] == b["global_step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for rank, (mine, theirs) in enumerate(zip(a.get("rank_buffers") or [], b.get("rank_buffers") or [])):
+        for key in mine:
+            assert torch.equal(mine[key], theirs[key]), f"rank {rank}: {key}"
+    assert (a.get("rank_buffers") is None) == (b.get("rank_buffers") is None)
+    for pid, buf in a["optimizer"]["state"].items():
+        assert torch.equal(buf["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
