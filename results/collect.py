@@ -5,13 +5,15 @@ import os
 import re
 
 from . import published
+from .recipe import IGNORED, IGNORED_SECTIONS, SEED
 from .runs import ResultsError, read_runs
-from .table import aggregate, build_table, group_runs, markdown, paper_table
+from .table import aggregate, assign_rows, build_table, group_runs, label, markdown, paper_table
 
-CSV_FIELDS = ("source", "group", "run", "norm", "gpus", "samples_per_gpu", "status", "top1", "top5", "best_top1",
-              "loss", "images", "epochs", "iterations", "using_bn", "world", "stat_groups", "train_time_s", "error",
-              "arch", "depth", "variant", "num_classes", "width", "data_root")
+CSV_FIELDS = ("source", "group", "row", "run", "norm", "gpus", "samples_per_gpu", "seed", "status", "top1", "top5",
+              "best_top1", "loss", "images", "epochs", "iterations", "using_bn", "world", "stat_groups", "train_time_s",
+              "error", "arch", "depth", "variant", "num_classes", "width", "data_root")
 SN_TYPES = ("sn", "syncsn")
+IGNORED_TEXT = ", ".join(f"`{key}`" for key in [f"{section}.*" for section in IGNORED_SECTIONS] + list(IGNORED))
 
 
 def collect(runs_dir, out=None, metric="top1", reference=None, sn_run=None, log=print):
@@ -28,7 +30,10 @@ def collect(runs_dir, out=None, metric="top1", reference=None, sn_run=None, log=
     text = (f"# Results\n\n{what} {metric} (%) on the validation set, from {len(runs)} run(s) in {runs_dir}. "
             "Columns are (#GPUs, samples per GPU); a cell with several finished runs shows their mean (n=...); "
             "`incomplete`: no final.json yet (running, queued, stopped or crashed); `diverged`: non-finite loss; "
-            "`not run`: no run folder.\n\n"
+            f"`not run`: no run folder. A cell averages only runs whose config.yaml agree except for `{SEED}` and "
+            f"keys that do not change the result ({IGNORED_TEXT}); runs of another recipe get a row of their own, "
+            "labelled with the keys in which the table's runs differ, e.g. `SN (optim.lr=0.2)`, and difference rows "
+            "pair rows of one recipe.\n\n"
             + "\n".join(markdown(t) for t in tables))
     out = out or runs_dir
     os.makedirs(out, exist_ok=True)
@@ -50,15 +55,17 @@ def collect(runs_dir, out=None, metric="top1", reference=None, sn_run=None, log=
 
 
 def csv_text(runs, reference):
-    """Long format: one row per run (and per published cell with --reference paper)."""
+    """Long format: one row per run (and per published cell with --reference paper); `row` is the run's table row."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
+    rows = {name: row for members in group_runs(runs).values() for name, row in assign_rows(members).items()}
     for run in runs:
         final, setting, key = run.final, run.final.get("setting") or {}, run.model
         writer.writerow({
-            "source": "run", "group": key.heading(), "run": run.name, "norm": run.norm, "gpus": run.gpus,
-            "samples_per_gpu": run.samples_per_gpu, "status": run.status, "using_bn": run.using_bn,
+            "source": "run", "group": key.heading(), "row": rows[run.name].label, "run": run.name, "norm": run.norm,
+            "gpus": run.gpus, "samples_per_gpu": run.samples_per_gpu, "seed": run.seed, "status": run.status,
+            "using_bn": run.using_bn,
             **{k: final.get(k, "") for k in ("top1", "top5", "best_top1", "loss", "images", "epochs", "iterations",
                                              "train_time_s", "error")},
             "world": setting.get("world", ""), "stat_groups": setting.get("stat_groups", ""),
@@ -67,7 +74,8 @@ def csv_text(runs, reference):
     if reference:
         for norm, values in published.TOP1.items():
             for (g, b), value in zip(published.SETTINGS, values):
-                writer.writerow({"source": "paper", "group": published.MODEL, "run": published.SOURCE, "norm": norm,
+                writer.writerow({"source": "paper", "group": published.MODEL, "row": f"{label(norm)} (paper)",
+                                 "run": published.SOURCE, "norm": norm,
                                  "gpus": g, "samples_per_gpu": b,
                                  "status": "finished" if value is not None else published.DID_NOT_CONVERGE,
                                  "top1": "" if value is None else value,

@@ -7,18 +7,19 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from . import published  # noqa: E402
-from .table import label, norm_order  # noqa: E402
+from .table import label, row_order  # noqa: E402
 
 PAPER_LINE_GPUS = 8  # the paper's sweep: 8 GPUs, samples per GPU varied (the total batch shrinks with it)
 COLORS = {"bn": "tab:blue", "gn": "tab:green", "sn": "tab:red", "syncbn": "tab:purple", "syncsn": "tab:orange",
           "in": "tab:brown", "ln": "tab:gray"}
 OTHER_GPU_MARKERS = "s^Dv<>ph"
 LINE_STYLES = ("-", "-.", ":", (0, (5, 1, 1, 1)))  # one per total batch when a panel has several
+RECIPE_MARKERS = "oXP*dH"  # one per recipe of a normalizer (rows "SN (optim.lr=0.1)", "SN (optim.lr=0.2)")
 BRANCH_COLORS = {"in": "#4c72b0", "ln": "#55a868", "bn": "#c44e52"}
 
 
 def plot_accuracy(groups, path, metric, reference=False):
-    """One panel per model group; `groups` is [(ModelKey, {norm: {setting: Cell}})]."""
+    """One panel per model group; `groups` is [(ModelKey, {Row: {setting: Cell}})]."""
     fig = accuracy_figure(groups, metric, reference)
     fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight": the legends sit outside the axes
     plt.close(fig)
@@ -53,27 +54,29 @@ def split_lines(points, by_gpus):
 
 
 def _accuracy_panel(ax, heading, cells, metric, reference, by_gpus):
-    # (norm, legend name, {(g, b): value}, ours, lines by GPU count) per normalizer
-    series = [(norm, label(norm), {s: c.value for s, c in cells[norm].items() if c.value is not None}, True, by_gpus)
-              for norm in norm_order(cells)]
+    # (norm, legend name, {(g, b): value}, ours, lines by GPU count, line marker) per table row
+    rows = row_order(cells)
+    series = [(row.norm, row.label, {s: c.value for s, c in cells[row].items() if c.value is not None}, True, by_gpus,
+               RECIPE_MARKERS[[r for r in rows if r.norm == row.norm].index(row) % len(RECIPE_MARKERS)])
+              for row in rows]
     if reference:  # the published points keep the paper's own lines (8 GPUs)
         series += [(norm, f"{label(norm)} (paper)", {s: v for s, v in zip(published.SETTINGS, values) if v is not None},
-                    False, True) for norm, values in published.TOP1.items()]
-    series = [(norm, name, points, ours, gpus, *split_lines(points, gpus))
-              for norm, name, points, ours, gpus in series if points]
+                    False, True, "o") for norm, values in published.TOP1.items()]
+    series = [(norm, name, points, ours, gpus, marker, *split_lines(points, gpus))
+              for norm, name, points, ours, gpus, marker in series if points]
     other_gpus = sorted({g for *_, rest in series for g, _, _ in rest})
     markers = {g: OTHER_GPU_MARKERS[i % len(OTHER_GPU_MARKERS)] for i, g in enumerate(other_gpus)}
-    totals = sorted({key for *_, gpus, lines, _ in series if not gpus for key in lines}, reverse=True)
+    totals = sorted({key for _, _, _, _, gpus, _, lines, _ in series if not gpus for key in lines}, reverse=True)
     ticks = set()
-    for norm, name, points, ours, gpus, lines, rest in series:
+    for norm, name, points, ours, gpus, marker, lines, rest in series:
         ticks |= {b for _, b in points}
         style = dict(color=COLORS.get(norm, "black"), fillstyle="full" if ours else "none", alpha=1.0 if ours else 0.6)
         for key, line in lines.items():
             what = f"{key} GPUs" if gpus else f"total batch {key}"
             linestyle = "--" if not ours else "-" if gpus else LINE_STYLES[totals.index(key) % len(LINE_STYLES)]
-            ax.plot(*zip(*line), marker="o", linestyle=linestyle, label=f"{name}, {what}", **style)
+            ax.plot(*zip(*line), marker=marker, linestyle=linestyle, label=f"{name}, {what}", **style)
         if not lines:  # the normalizer still gets a legend entry for its colour
-            ax.plot([], [], "o", linestyle="none", label=name, **style)
+            ax.plot([], [], marker, linestyle="none", label=name, **style)
         for g, b, value in rest:
             ax.plot([b], [value], markers[g], linestyle="none", **style)
             if ours:  # the paper's points share positions; the legend explains their markers

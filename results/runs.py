@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from configs.schema import DataConfig, ModelConfig, NormConfig
+from configs.schema import DataConfig, ModelConfig, NormConfig, TrainConfig
+
+from .recipe import recipe
 
 
 # no final.json yet: running, queued, stopped or crashed; the trainer writes final.json last, so which
@@ -51,6 +53,8 @@ class Run:
     using_bn: bool
     status: str                    # finished | diverged | incomplete (no final.json) | what final.json says
     final: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)     # what can change the result (results/recipe.py)
+    seed: object = TrainConfig.seed
 
     @property
     def setting(self):
@@ -83,7 +87,8 @@ def read_runs(root):
 def read_run(folder, name=None):
     """One run folder: its resolved config and, when present, final.json."""
     cfg = _read(os.path.join(folder, "config.yaml"), yaml.safe_load, "YAML")
-    model, norm, batch, data = (_section(cfg, key, folder) for key in ("model", "norm", "batch", "data"))
+    model, norm, batch, data, train = (_section(cfg, key, folder)
+                                       for key in ("model", "norm", "batch", "data", "train"))
     final_path = os.path.join(folder, "final.json")
     final = _read(final_path, json.loads, "JSON") if os.path.exists(final_path) else None
     if final is not None and not isinstance(final, dict):
@@ -104,7 +109,8 @@ def read_run(folder, name=None):
                            f"got {gpus!r} and {per_gpu!r}")
     return Run(name=name or os.path.basename(folder), path=folder, model=key,
                norm=str(norm.get("type", NormConfig.type)), gpus=gpus, samples_per_gpu=per_gpu,
-               using_bn=bool(norm.get("using_bn", NormConfig.using_bn)), status=status, final=final or {})
+               using_bn=bool(norm.get("using_bn", NormConfig.using_bn)), status=status, final=final or {},
+               recipe=recipe(cfg), seed=train.get("seed", TrainConfig.seed))
 
 
 def _read(path, parse, kind):

@@ -1,10 +1,16 @@
-"""The paper-shaped table: normalizers x (#GPUs, samples per GPU) settings, with difference rows."""
+"""The paper-shaped table: normalizers x (#GPUs, samples per GPU) settings, with difference rows.
+
+A row holds the runs of one normalizer and one recipe (results/recipe.py): where a table's runs differ in a
+key of the recipe, each row's label names its value, e.g. "SN (optim.lr=0.2)", and a difference row pairs
+only rows that agree on every key outside norm.*.
+"""
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
 from . import published
+from .recipe import items, text, varying
 from .runs import INCOMPLETE
 
 NORM_ORDER = ("bn", "gn", "sn", "syncbn", "syncsn", "in", "ln")
@@ -42,6 +48,45 @@ def label(norm):
     return LABELS.get(norm, norm)
 
 
+@dataclass(frozen=True)
+class Row:
+    """One normalizer on one recipe: `shared`, the (key, value) of the keys outside norm.* in which the table's
+    runs differ; `own`, those of the norm.* keys in which this normalizer's runs differ."""
+    norm: str
+    shared: tuple = ()
+    own: tuple = ()
+
+    @property
+    def label(self):
+        return label(self.norm) + _suffix(self.shared + self.own)
+
+
+def _suffix(pairs):
+    return f" ({', '.join(f'{key}={text(value)}' for key, value in pairs)})" if pairs else ""
+
+
+def assign_rows(runs):
+    """{run name: Row} for the runs of one table."""
+    shared = {r.name: {k: v for k, v in r.recipe.items() if not k.startswith("norm.")} for r in runs}
+    own = {r.name: {k: v for k, v in r.recipe.items() if k.startswith("norm.")} for r in runs}
+    shared_keys = varying(shared.values())
+    own_keys = {norm: varying(own[r.name] for r in runs if r.norm == norm) for norm in {r.norm for r in runs}}
+    return {r.name: Row(r.norm, items(shared[r.name], shared_keys), items(own[r.name], own_keys[r.norm]))
+            for r in runs}
+
+
+def row_order(rows):
+    """The paper's normalizers first (see norm_order), each one's recipes by their values."""
+    ranks = {norm: i for i, norm in enumerate(norm_order({row.norm for row in rows}))}
+    return sorted(rows, key=lambda row: (ranks[row.norm], [_sortable(v) for _, v in row.shared + row.own]))
+
+
+def _sortable(value):
+    # Numbers by value (90 before 100), anything else by its text; never compares a number with a string.
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (0, value, "") if numeric else (1, 0, text(value))
+
+
 def norm_order(norms):
     """The paper's rows first (BN, GN, SN), then the other known types, then anything else sorted."""
     known = [n for n in NORM_ORDER if n in norms]
@@ -57,13 +102,15 @@ def group_runs(runs):
 
 
 def aggregate(runs, metric):
-    """{norm: {setting: Cell}} of one model group: the mean over finished runs, else the most telling status."""
+    """{Row: {setting: Cell}} of one model group: the mean over the finished runs of a row's recipe, else the most
+    telling status."""
     found = defaultdict(lambda: defaultdict(list))
+    rows = assign_rows(runs)
     for run in runs:
-        found[run.norm][run.setting].append(run)
+        found[rows[run.name]][run.setting].append(run)
     cells = {}
-    for norm, settings in found.items():
-        cells[norm] = {}
+    for row, settings in found.items():
+        cells[row] = {}
         for setting, members in settings.items():
             values = [v for v in (r.metric(metric) for r in members) if v is not None]
             statuses = [r.status for r in members]
@@ -74,7 +121,7 @@ def aggregate(runs, metric):
                 cell = Cell(status=f"no {metric}")
             else:
                 cell = Cell(status=next((s for s in STATUS_ORDER if s in statuses), statuses[0]))
-            cells[norm][setting] = cell
+            cells[row][setting] = cell
     return cells
 
 
@@ -94,17 +141,21 @@ def difference(a, b):
 
 
 def build_table(heading, cells, reference=False, paper_model=False):
-    """Rows for every normalizer found (BN, GN, SN always), the difference rows, and optionally the paper's rows.
+    """Rows for every normalizer and recipe found (BN, GN, SN always), the difference rows, and optionally the
+    paper's rows.
 
     The paper's columns are kept for the paper's model (`paper_model`) and next to its reference rows."""
     columns = columns_for(cells, paper_model or reference)
     table = Table(heading, columns)
-    for norm in norm_order(set(cells) | {"bn", "gn", "sn"}):
-        row = cells.get(norm, {})
-        table.rows.append((label(norm), [row.get(s, Cell()).text() for s in columns]))
+    rows = row_order(set(cells) | {Row(n) for n in ("bn", "gn", "sn") if n not in {row.norm for row in cells}})
+    for row in rows:
+        table.rows.append((row.label, [cells.get(row, {}).get(s, Cell()).text() for s in columns]))
     for a, b in DIFFERENCES:
-        diffs = [difference(cells.get(a, {}).get(s), cells.get(b, {}).get(s)) for s in columns]
-        table.rows.append((f"{label(a)}-{label(b)}", [_signed(d, 2) for d in diffs]))
+        pairs = [(ra, rb) for ra in rows if ra.norm == a for rb in rows if rb.norm == b and ra.shared == rb.shared]
+        for ra, rb in pairs or [(Row(a), Row(b))]:  # no pair of one recipe: the row stays, empty
+            diffs = [difference(cells.get(ra, {}).get(s), cells.get(rb, {}).get(s)) for s in columns]
+            own = tuple((f"{label(row.norm)} {key}", value) for row in (ra, rb) for key, value in row.own)
+            table.rows.append((f"{label(a)}-{label(b)}" + _suffix(ra.shared + own), [_signed(d, 2) for d in diffs]))
     if any(c.without_bn for per_norm in cells.values() for c in per_norm.values()):
         table.footnotes.append(WITHOUT_BN_NOTE)
     if reference:

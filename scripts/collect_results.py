@@ -3,7 +3,9 @@
   python scripts/collect_results.py RUNS_DIR [--out DIR] [--reference paper] [--metric top1|best_top1]
                                     [--sn-run NAME|all]
 
-Reads only config.yaml and final.json of every run folder under RUNS_DIR (no torch needed).
+Reads only config.yaml and final.json of every run folder under RUNS_DIR (no torch needed). A cell averages only
+replicates, runs whose config.yaml agree except for the seed and keys that do not change the result; runs of
+other recipes get rows of their own (results/recipe.py).
 """
 import argparse
 import os

@@ -37,15 +37,17 @@ def random_switch_weights(seed, using_bn=True, layers=SN_LAYERS):
 
 def write_run(root, name, norm, setting, status="finished", top1=None, top5=None, best_top1=None, using_bn=True,
               depth=50, variant="v1", num_classes=1000, data_root="data/imagenet", switch_weights=None, width=64,
-              small_stem=False):
-    """A run folder: resolved config.yaml, metrics.jsonl, a checkpoint name, and final.json unless incomplete."""
+              small_stem=False, overrides=()):
+    """A run folder: resolved config.yaml, metrics.jsonl, a checkpoint name, and final.json unless incomplete.
+
+    `overrides` ("optim.lr=0.2", ...) change the recipe further."""
     folder = os.path.join(root, name)
     os.makedirs(folder)
     g, b = setting
     cfg = load_config(None, [f"norm.type={norm}", f"norm.using_bn={str(using_bn).lower()}", f"batch.gpus={g}",
                              f"batch.samples_per_gpu={b}", f"model.depth={depth}", f"model.variant={variant}",
                              f"model.num_classes={num_classes}", f"data.root={data_root}", f"log.name={name}",
-                             f"model.width={width}", f"model.small_stem={str(small_stem).lower()}"])
+                             f"model.width={width}", f"model.small_stem={str(small_stem).lower()}", *overrides])
     with open(os.path.join(folder, "config.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:

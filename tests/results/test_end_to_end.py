@@ -32,12 +32,15 @@ def test_collector_reads_what_the_trainer_wrote(trained_runs, tmp_path):
     sn_table = f"ResNet-18 v1, width 4, small stem, 4 classes, data {trained_runs['data']}"
     gn_table = f"ResNet-18 v1, width 8, small stem, 4 classes, data {trained_runs['data']}"
     assert set(tables) == {sn_table, gn_table}  # the GN run's width differs: another model
-    assert tables[sn_table]["SN"]["(4,2)"] == f"{final['top1']:.2f}"
-    assert tables[sn_table]["BN"]["(4,2)"] == "diverged"
+    # the BN run was made to diverge by another recipe, which the row labels name
+    sn_row, bn_row = "SN (optim.lr=0.5, schedule.warmup_epochs=0.5)", "BN (optim.lr=1e+30, schedule.warmup_epochs=0.0)"
+    assert tables[sn_table][sn_row]["(4,2)"] == f"{final['top1']:.2f}"
+    assert tables[sn_table][bn_row]["(4,2)"] == "diverged"
     assert tables[sn_table]["SN-BN"]["(4,2)"] == ""
     assert tables[gn_table]["GN"]["(4,2)"] == "incomplete"  # stopped by max_iters: no final.json
     rows = {r["run"]: r for r in csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text()))}
     assert (rows["sn_4x2"]["status"], float(rows["sn_4x2"]["top5"])) == ("finished", final["top5"])
+    assert (rows["sn_4x2"]["row"], rows["bn_4x2"]["row"], rows["gn_4x2"]["row"]) == (sn_row, bn_row, "GN")
     assert rows["sn_4x2"]["stat_groups"] == "4"  # (4, 2) emulated by one process
     assert rows["bn_4x2"]["status"] == "diverged" and rows["gn_4x2"]["status"] == "incomplete"
     assert len(final["switch_weights"]) == 20  # ResNet-18: stem, 8 blocks x 2, 3 projection shortcuts

@@ -41,8 +41,8 @@ def write_mini(root):
     for i, (norm, (g, b), status, top1) in enumerate(MINI_RUNS):
         weights = random_switch_weights(i, b > 1) if norm == "sn" and status == "finished" else None
         write_run(str(root), f"fmnist_{norm}_{g}x{b}", norm, (g, b), status, top1, None if top1 is None else 99.0,
-                  using_bn=b > 1, depth=18, num_classes=10, data_root="data/fashion_mnist_20k", width=16,
-                  small_stem=True, switch_weights=weights)
+                  using_bn=b > 1 or norm != "sn", depth=18, num_classes=10, data_root="data/fashion_mnist_20k",
+                  width=16, small_stem=True, switch_weights=weights)
     return root
 
 
