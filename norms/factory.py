@@ -138,5 +138,7 @@ def build_norm(type, **options):
         if key not in defaults:
             raise ValueError(f"unknown norm option '{key}'")
         if value != defaults[key]:
-            raise ValueError(f"norm option '{key}={value}' does not apply to norm type '{type}'")
+            users = sorted(name for name, other in _REGISTRY.items() if key in _options(other))
+            raise ValueError(f"norm option '{key}={value}' does not apply to norm type '{type}'; remove it "
+                             f"(it is an option of {', '.join(users)})")
     return NormFactory(type, builder, {k: v for k, v in options.items() if k in accepted})
