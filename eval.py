@@ -8,22 +8,28 @@ CHECKPOINT is this repository's checkpoint (its config picks the architecture), 
 released file, a torchvision state_dict or a .safetensors file (architecture from --config and
 overrides; default ResNet-50 v1, with SN for the authors' files). --zoo NAME takes a model of the
 registry models/zoo.yaml: its file from the zoo folder, verified by sha256, and its config.
+
+The val folder's classes must be those the model was trained on, in label order: checked by name for
+this repository's checkpoints and exported zoo files, which record them; for other files only their
+number can be checked (against the model's outputs), and the output says the order was not verified.
 """
 import argparse
 import dataclasses
 import json
 import os
 import sys
+import tempfile
 
 import torch
 
 import norms
 from configs import Config, ConfigError, from_dict, load_config
 from data import build_eval_loader, build_train_loader
+from engine.checkpoint import atomic_write
 from engine.distributed import USER_ERRORS, all_gather_objects, error_line, init_distributed, shutdown
-from engine.evaluate import autocast, evaluate
+from engine.evaluate import autocast, evaluate, progress
 from engine.setting import statistics_batch
-from models import build_model, load_strict, read_checkpoint, released_sn_options, zoo
+from models import build_model, load_checkpoint, load_strict, released_sn_options, zoo
 
 
 def parse_args(argv):
@@ -86,27 +92,94 @@ def resolve_config(args, saved, kind, state):
     return cfg
 
 
+def check_output(path):
+    """Refuse a --save-logits path that cannot be written, before any work, by creating a file beside it.
+
+    os.access is not enough: it grants root write access to folders that refuse new files anyway (/proc).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--save-logits {path}: is a folder; give a file name, e.g. {os.path.join(path, 'logits.pt')}")
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"--save-logits {path}: folder {folder} does not exist; create it first")
+    if not os.path.isdir(folder):
+        raise ValueError(f"--save-logits {path}: {folder} is not a folder; give a path inside a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".eval-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--save-logits {path}: cannot write in {folder} ({e.strerror or type(e).__name__}); "
+                         "choose a writable folder") from None
+
+
+def class_order(trained, dataset, outputs):
+    """("verified", None) when the val folder's classes are `trained` (the checkpoint's, in label order);
+    ("not verified", why) when the checkpoint records none, after checking one class folder per output.
+
+    Any mismatch raises a one-line ValueError: the folder's labels would not be the model's, and every
+    number printed would be wrong.
+    """
+    found = getattr(dataset, "classes", None)
+    if found is None:
+        return "not verified", "synthetic data has no class folders"
+    if trained is None:
+        if len(found) != outputs:
+            raise ValueError(f"{dataset.root} has {len(found)} class folders but the model has {outputs} outputs, "
+                             "and the checkpoint records no class names to match them by, so the labels would be "
+                             f"shifted; evaluate on a folder holding exactly the {outputs} classes it was trained on")
+        return "not verified", f"no class names recorded; {outputs} class folders for the model's {outputs} outputs"
+    known, seen = set(trained), set(found)
+    missing = [c for c in trained if c not in seen]
+    extra = [c for c in found if c not in known]
+    if missing or extra:
+        parts = [f"{what} {_names(names)}" for what, names in (("missing", missing), ("extra", extra)) if names]
+        raise ValueError(f"{dataset.root}: the class folders differ from the {len(trained)} classes the model was "
+                         f"trained on ({'; '.join(parts)}), so the labels would be shifted; evaluate on a folder "
+                         "holding exactly the training classes")
+    if found != trained:
+        i = next(i for i, (a, b) in enumerate(zip(trained, found)) if a != b)
+        raise ValueError(f"{dataset.root}: the model was trained on these classes in another order (label {i} is "
+                         f"'{trained[i]}' in the checkpoint, '{found[i]}' here) and this folder labels classes in "
+                         "sorted name order, so its labels would not be the model's")
+    return "verified", None
+
+
+def _names(names, most=5):
+    quoted = ", ".join(f"'{n}'" for n in names[:most])
+    return quoted + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def main(argv=None):
     args = parse_args(argv)
     env = init_distributed()
+    note = (lambda line: print(line, file=sys.stderr)) if env.is_main else (lambda line: None)
+    recalibrated = None
     try:
-        if args.save_logits and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_logits))):
-            raise FileNotFoundError(f"--save-logits: folder of {args.save_logits} does not exist")
-        warn = (lambda line: print(line, file=sys.stderr)) if env.is_main else (lambda line: None)
-        entry = pick_checkpoint(args, warn)
-        state, saved, kind = read_checkpoint(args.checkpoint)
-        if saved is None:  # files written by scripts/export_zoo.py carry their resolved config
-            saved = zoo.embedded_config(args.checkpoint)
-        cfg = resolve_config(args, saved, kind, state)
+        if args.save_logits:
+            check_output(args.save_logits)
+        entry = pick_checkpoint(args, note)
+        ckpt = load_checkpoint(args.checkpoint)
+        saved, classes = ckpt.config, ckpt.classes
+        if saved is None:  # files written by scripts/export_zoo.py carry their resolved config and classes
+            saved, classes = zoo.embedded(args.checkpoint)
+        cfg = resolve_config(args, saved, ckpt.kind, ckpt.state)
         norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
-        model = load_strict(build_model(cfg.model, norm), state, f"checkpoint {args.checkpoint}").to(env.device)
-        loader = build_eval_loader(cfg.data, args.batch_size, env.rank, env.world, num_classes=cfg.model.num_classes)
+        model = load_strict(build_model(cfg.model, norm), ckpt.state, f"checkpoint {args.checkpoint}").to(env.device)
+        # a folder's classes are checked here, by name or count, so data/ gets num_classes only to draw synthetic labels
+        loader = build_eval_loader(cfg.data, args.batch_size, env.rank, env.world,
+                                   num_classes=cfg.model.num_classes if cfg.data.synthetic else None)
+        classes_checked, unverified = class_order(classes, loader.dataset, cfg.model.num_classes)
         if args.recalibrate:
             # batches of the samples one norm layer normalized over in training
             train = build_train_loader(cfg.data, statistics_batch(cfg, env.world), env.rank, env.world,
                                        cfg.train.seed, num_classes=cfg.model.num_classes)
             with autocast(cfg.train.precision, env.device.type):
-                norms.recalibrate(model, train, args.recalibrate)
+                recalibrated = norms.recalibrate(
+                    model, progress(train, "recalibrate", total=min(args.recalibrate, len(train))), args.recalibrate)
+            note(f"recalibrated norm statistics on {recalibrated} training "
+                 + ("batch" if recalibrated == 1 else "batches") + (" per process" if env.world > 1 else "")
+                 + (f" ({args.recalibrate} requested, only {recalibrated} available)"
+                    if recalibrated < args.recalibrate else ""))
         # the training precision, so the numbers equal the trainer's own validation
         metrics = evaluate(model, loader, env.device, precision=cfg.train.precision,
                            keep_logits=bool(args.save_logits))
@@ -118,18 +191,24 @@ def main(argv=None):
         parts = all_gather_objects({k: metrics.pop(k) for k in ("logits", "targets", "indices")})
         if env.is_main:
             order = torch.cat([p["indices"] for p in parts]).argsort()
-            torch.save({k: torch.cat([p[k] for p in parts])[order] for k in ("logits", "targets", "indices")},
-                       args.save_logits)
+            logits = {k: torch.cat([p[k] for p in parts])[order] for k in ("logits", "targets", "indices")}
+            atomic_write(args.save_logits, lambda f: torch.save(logits, f))
+            note(f"wrote the logits of {len(order)} images to {args.save_logits}")
     if env.is_main:
-        summary = {"checkpoint": args.checkpoint, "format": kind, **metrics}
+        summary = {"checkpoint": args.checkpoint, "format": ckpt.kind, **metrics, "class_order": classes_checked}
+        if recalibrated is not None:
+            summary["recalibrated_batches"] = recalibrated
+        if args.save_logits:
+            summary["logits_file"] = args.save_logits
         if entry:
             summary.update(zoo=entry["name"], published_top1=entry["top1"], published_top5=entry["top5"])
         if args.json:
             print(json.dumps(summary))
         else:
-            print(f"{args.checkpoint} ({kind}): top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
+            print(f"{args.checkpoint} ({ckpt.kind}): top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f} "
                   f"loss {metrics['loss']:.4f} on {metrics['images']} images"
                   + (f", {metrics['unreadable']} unreadable skipped" if metrics["unreadable"] else "")
+                  + (f"; class order not verified ({unverified})" if unverified else "")
                   + (f"; published for {entry['name']}: top1 {_pct(entry['top1'])} top5 {_pct(entry['top5'])}"
                      if entry else ""))
     shutdown()

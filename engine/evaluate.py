@@ -1,7 +1,9 @@
 """Exact distributed evaluation: every image counted once, counts summed over ranks."""
 import contextlib
+import sys
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .distributed import all_reduce_sum
@@ -14,19 +16,29 @@ def autocast(precision, device_type):
     return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def progress(loader, desc="eval", total=None):
+    """`loader` wrapped in a tqdm bar on rank 0 when stderr is a terminal; unchanged otherwise (logs, tests)."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if rank != 0 or not sys.stderr.isatty():
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=desc, total=total, unit="batch", leave=False)
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, channels_last=False, precision="fp32", keep_logits=False):
     """Return {"images", "top1", "top5", "loss", "unreadable"} (+ "logits", "targets", "indices").
 
     Unreadable images (a substituted sample, `bad >= 0`) are excluded and counted separately.
-    Sums are all-reduced, so every rank returns the same totals whatever the world size.
+    Sums are all-reduced, so every rank returns the same totals whatever the world size. Rank 0 shows a
+    progress bar when stderr is a terminal.
     """
     model.eval()
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # images, correct1, correct5, loss, unreadable
     kept = {"logits": [], "targets": [], "indices": []}
     order = torch.as_tensor(list(loader.sampler)) if keep_logits else None  # dataset index of each position
     offset = 0
-    for images, targets, bad in loader:
+    for images, targets, bad in progress(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if channels_last:

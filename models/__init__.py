@@ -1,6 +1,6 @@
 """Model zoo entry point: `build_model(model_cfg, norm)` builds an architecture from its config."""
-from .checkpoints import (convert_released_sn, load_strict, read_checkpoint, read_released_sn, released_sn_options,
-                          strip_prefixes)
+from .checkpoints import (Checkpoint, convert_released_sn, load_checkpoint, load_strict, read_checkpoint,
+                          read_released_sn, released_sn_options, strip_prefixes)
 from .resnet import ResNet
 
 ARCHS = {"resnet": ResNet}
@@ -15,5 +15,5 @@ def build_model(cfg, norm):
                            width=cfg.width)
 
 
-__all__ = ["ResNet", "build_model", "convert_released_sn", "load_strict", "read_checkpoint", "read_released_sn",
-           "released_sn_options", "strip_prefixes"]
+__all__ = ["Checkpoint", "ResNet", "build_model", "convert_released_sn", "load_checkpoint", "load_strict",
+           "read_checkpoint", "read_released_sn", "released_sn_options", "strip_prefixes"]

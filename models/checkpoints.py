@@ -2,6 +2,7 @@
 import hashlib
 import os
 import re
+from typing import NamedTuple
 
 import torch
 
@@ -71,23 +72,30 @@ def released_sn_options(state_dict):
     raise KeyError("no 'mean_weight' key: this is not a Switchable Normalization checkpoint")
 
 
-def read_checkpoint(path):
-    """(state_dict, config dict or None, kind) of any supported checkpoint file.
+class Checkpoint(NamedTuple):
+    """A checkpoint file's content; `classes` is None when the file records no class names."""
+    state: dict    # state_dict, prefixes removed, the SN authors' keys converted
+    config: dict   # this repository's resolved config, or None
+    kind: str      # "repo", "released", "safetensors" or "state_dict"
+    classes: list  # class folder names in label order (this repository's checkpoints), or None
 
-    kind is "repo" (this repository's training checkpoint, with its config), "released" (the SN
-    authors' format, converted), "safetensors" or "state_dict" (e.g. torchvision). Prefixes
-    `module.`/`_orig_mod.` are removed.
+
+def load_checkpoint(path):
+    """The Checkpoint of any supported file: this repository's training checkpoint ("repo", with its config
+    and the class names it was trained on), the SN authors' format ("released", converted), "safetensors"
+    or "state_dict" (e.g. torchvision). Prefixes `module.`/`_orig_mod.` are removed.
+
+    Unreadable files raise FileNotFoundError or a one-line ValueError. The metadata that
+    scripts/export_zoo.py stores in .safetensors files is read by models.zoo.embedded.
     """
+    config = classes = None
     if str(path).endswith(".safetensors"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        from safetensors.torch import load_file as load_safetensors
-        state, config, kind = load_safetensors(path), None, "safetensors"
+        state, kind = read_safetensors(path), "safetensors"
     else:
         obj = load_file(path)
-        config = None
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj:
             state, config, kind = obj["model"], obj["config"], "repo"
+            classes = check_classes(obj.get("classes"), path)  # absent in checkpoints older than the field
         else:
             state, kind = (obj.get("state_dict", obj) if isinstance(obj, dict) else None), "state_dict"
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
@@ -96,7 +104,40 @@ def read_checkpoint(path):
     state = strip_prefixes(state)
     if any(_RELEASED_NORM.search(k) for k in state):
         state, kind = convert_released_sn(state), "released"
-    return state, config, kind
+    return Checkpoint(state, config, kind, classes)
+
+
+def read_checkpoint(path):
+    """(state_dict, config dict or None, kind) of any supported checkpoint file; see load_checkpoint."""
+    return load_checkpoint(path)[:3]
+
+
+def check_classes(classes, source):
+    """`classes` if it is None or a list of distinct class names, else a one-line ValueError naming `source`."""
+    if classes is None or (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+                           and len(set(classes)) == len(classes)):
+        return classes
+    raise ValueError(f"{source}: 'classes' must be a list of distinct class names (or null), got "
+                     f"{type(classes).__name__} {str(classes)[:60]}; the file is damaged or not written by this "
+                     "repository")
+
+
+def read_safetensors(path, tensors=True):
+    """The state_dict (tensors=True) or the metadata dict (tensors=False) of a .safetensors file.
+
+    A missing file raises FileNotFoundError; a file that is not one (garbage, truncated, empty) a one-line
+    ValueError instead of safetensors' own error.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()} if tensors else (f.metadata() or {})
+    except Exception as e:  # safetensors raises SafetensorError (or OSError) for a bad header or a short file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a readable .safetensors file ({reason}); "
+                         "the file is corrupt or incomplete: copy or export it again") from None
 
 
 CHECKSUM_KEY = "content_sha256"

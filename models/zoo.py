@@ -9,6 +9,8 @@ import yaml
 
 from configs import read_yaml
 
+from .checkpoints import check_classes, read_safetensors
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTRY = os.path.join(REPO, "models", "zoo.yaml")
 SOURCES = ("the SN authors", "this repository")
@@ -157,14 +159,38 @@ def config_path(entry, root=REPO):
     return path
 
 
+EXPORT_KEY = "export"  # the one metadata key of exported files (files from before classes were recorded: "config")
+
+
+def export_metadata(config, classes):
+    """The .safetensors metadata of an export: its resolved config and class names (or None) under one key.
+
+    One key, JSON with sorted keys: safetensors writes several keys in a random order, and the same export
+    must give the same bytes, so the same sha256.
+    """
+    return {EXPORT_KEY: json.dumps({"classes": classes, "config": config}, sort_keys=True)}
+
+
+def embedded(path):
+    """(config dict or None, class names or None) that scripts/export_zoo.py stored in a .safetensors file."""
+    if not str(path).endswith(".safetensors"):
+        return None, None
+    metadata = read_safetensors(path, tensors=False)
+    try:
+        if EXPORT_KEY in metadata:
+            export = json.loads(metadata[EXPORT_KEY])
+            config, classes = export["config"], export["classes"]
+        else:
+            config, classes = (json.loads(metadata["config"]) if metadata.get("config") else None), None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable export metadata ({type(e).__name__}: {e}); "
+                         "export the checkpoint again with scripts/export_zoo.py") from None
+    return config, check_classes(classes, path)
+
+
 def embedded_config(path):
     """The resolved config that scripts/export_zoo.py stores in a .safetensors file's metadata, or None."""
-    if not str(path).endswith(".safetensors"):
-        return None
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        text = (f.metadata() or {}).get("config")
-    return json.loads(text) if text else None
+    return embedded(path)[0]
 
 
 def upsert(entries, entry, force=False):

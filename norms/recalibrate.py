@@ -1,4 +1,6 @@
 """Precise-BN: recompute running statistics as exact population averages of per-batch statistics."""
+import itertools
+
 import torch
 import torch.distributed as dist
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -41,9 +43,7 @@ def recalibrate(model, batches, num_batches, group=None):
     used = 0
     try:
         model.train()
-        for batch in batches:
-            if used == num_batches:
-                break
+        for batch in itertools.islice(batches, num_batches):  # no batch beyond the last one used is loaded
             model(_inputs(batch).to(device, non_blocking=True))
             used += 1
         if used == 0:

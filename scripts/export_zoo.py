@@ -3,8 +3,9 @@
   python scripts/export_zoo.py CHECKPOINT --name NAME [--zoo-dir DIR] [--registry models/zoo.yaml]
                                [--top1 X --top5 Y] [--config CONFIG] [--recipe TEXT] [--force]
 
-Writes <zoo-dir>/<NAME>.safetensors (the model's state_dict, with the run's resolved config in its
-metadata so that eval.py rebuilds the model from the file alone), computes its sha256 and adds or
+Writes <zoo-dir>/<NAME>.safetensors (the model's state_dict, with the run's resolved config and the
+class names it was trained on in its metadata, so that eval.py rebuilds the model from the file alone
+and checks the validation folder's classes against them), computes its sha256 and adds or
 updates the entry NAME in the registry (and the table of MODEL_ZOO.md for the repository's registry).
 Top-1/top-5 come from the run's final.json when the checkpoint is the run's final one, else from
 --top1/--top5. An existing entry with another sha256 is kept unless --force.
@@ -24,7 +25,7 @@ from configs import Config, from_dict  # noqa: E402
 from engine.checkpoint import atomic_write  # noqa: E402
 from engine.distributed import USER_ERRORS, error_line  # noqa: E402
 from models import build_model, load_strict, zoo  # noqa: E402
-from models.checkpoints import load_file  # noqa: E402
+from models.checkpoints import check_classes, load_file  # noqa: E402
 
 
 def parse_args(argv):
@@ -44,7 +45,8 @@ def parse_args(argv):
 
 
 def read_repo_checkpoint(path):
-    """(state_dict, resolved config dict, global step), refusing files without this repository's config."""
+    """(state_dict, resolved config dict, global step, class names or None), refusing files without this
+    repository's config."""
     obj = load_file(path)
     if not (isinstance(obj, dict) and isinstance(obj.get("model"), dict) and isinstance(obj.get("config"), dict)):
         raise ValueError(f"{path}: not a training checkpoint of this repository (no 'model' and 'config'); "
@@ -52,7 +54,7 @@ def read_repo_checkpoint(path):
     cfg = from_dict(Config, obj["config"])
     norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
     load_strict(build_model(cfg.model, norm), obj["model"], f"checkpoint {path}")  # it must rebuild from its config
-    return obj["model"], obj["config"], obj.get("global_step")
+    return obj["model"], obj["config"], obj.get("global_step"), check_classes(obj.get("classes"), path)
 
 
 def final_metrics(checkpoint, step, args):
@@ -84,11 +86,11 @@ def plan(args):
         raise ValueError(f"--name {args.name!r}: use letters, digits and . _ + - only (it names the file)")
     if args.config and not os.path.isfile(os.path.join(REPO, args.config)):
         raise FileNotFoundError(f"--config {args.config}: not found (give a path from the repository root)")
-    state, cfg, step = read_repo_checkpoint(args.checkpoint)
+    state, cfg, step, classes = read_repo_checkpoint(args.checkpoint)
     top1, top5, warning = final_metrics(args.checkpoint, step, args)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    # one metadata key: safetensors writes several in random order, and the same export must give the same hash
-    data = safetensors_bytes(tensors, metadata={"config": json.dumps(cfg, sort_keys=True)})
+    # deterministic metadata (one key, sorted JSON): the same export must give the same bytes, so the same hash
+    data = safetensors_bytes(tensors, metadata=zoo.export_metadata(cfg, classes))
     digest = hashlib.sha256(data).hexdigest()
     entry = {"name": args.name, "source": "this repository", "config": args.config,
              "file": f"{args.name}.safetensors", "sha256": digest, "top1": top1, "top5": top5,

@@ -1,9 +1,18 @@
 """eval.py on every checkpoint format, exact counts for world sizes 1 and 2, saved logits, clear errors."""
+import fcntl
 import hashlib
 import importlib.util
 import json
 import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from data import eval_transform
 from configs import load_config
-from tests.engine.tiny import REPO, make_image_folder, run, write_config
+from models.checkpoints import load_file as read_verified, with_checksum
+from tests.engine.tiny import CLASSES, REPO, make_image_folder, run, write_config
 
 RELEASED_RENAMES = (("bn_out.", "sn_out."), (".bn1.", ".sn1."), (".bn2.", ".sn2."), (".bn3.", ".sn3."))
 
@@ -105,12 +115,15 @@ def test_recalibrate_option_runs(trained):
     assert result["images"] == 20
 
 
+def fails(args):
+    """stderr of an eval.py run that must refuse its input: exit 2 and one line, no traceback."""
+    proc = run("eval.py", args, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr
+
+
 def test_clear_errors(trained, tmp_path):
-    def fails(args):
-        proc = run("eval.py", args, check=False)
-        assert proc.returncode == 2, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        return proc.stderr
     assert "checkpoint not found" in fails([tmp_path / "absent.pt", "--data", trained["data"]])
     state = torch.load(trained["ckpt"], weights_only=True)["model"]
     torch.save(state, tmp_path / "sd.pth")
@@ -129,12 +142,17 @@ def reference(trained):
     return evaluate([trained["ckpt"], "--data", trained["data"]])
 
 
-def export(args, capsys):
-    """(exit code, stderr) of scripts/export_zoo.py's main() run in this process (torch is loaded already)."""
-    spec = importlib.util.spec_from_file_location("export_zoo", os.path.join(REPO, "scripts", "export_zoo.py"))
+def script(path, name):
+    """The module of the script at `path` (from the repository root), imported in this process."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    code = module.main([str(a) for a in args])
+    return module
+
+
+def export(args, capsys):
+    """(exit code, stderr) of scripts/export_zoo.py's main() run in this process (torch is loaded already)."""
+    code = script("scripts/export_zoo.py", "export_zoo").main([str(a) for a in args])
     return code, capsys.readouterr().err
 
 
@@ -189,7 +207,7 @@ def test_zoo_refuses_a_changed_file_and_a_different_export(trained, registry, tm
     proc = run("eval.py", zoo_args("tiny_sn", registry, folder) + ["--data", trained["data"]], check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert published in proc.stderr and hashlib.sha256(file.read_bytes()).hexdigest() in proc.stderr
-    other = torch.load(trained["ckpt"], weights_only=True)
+    other = read_verified(trained["ckpt"])  # without its checksum, so that it can be changed
     other["model"]["fc.bias"] += 1.0
     (tmp_path / "other").mkdir()
     torch.save(other, tmp_path / "other" / "best.pt")
@@ -223,3 +241,177 @@ def test_zoo_authors_file_without_published_hash(trained, reference, tmp_path):
     assert result["loss"] == pytest.approx(reference["loss"], rel=1e-5)
     digest = hashlib.sha256((folder / "Tiny+SN(4,2)-40.00.pth").read_bytes()).hexdigest()
     assert "no published sha256" in proc.stderr and digest in proc.stderr
+
+
+# ----- class folders that differ from training
+
+def val_folder(trained, tmp_path, drop=(), add=()):
+    """A copy of the tiny dataset whose val/ lacks the classes `drop` and has the extra classes `add`."""
+    root = tmp_path / "changed"
+    shutil.copytree(trained["data"], root)
+    for name in drop:
+        shutil.rmtree(root / "val" / name)
+    for name in add:
+        shutil.copytree(root / "val" / CLASSES[0], root / "val" / name)
+    return str(root)
+
+
+def test_checkpoints_record_the_training_classes(trained):
+    assert torch.load(trained["ckpt"], weights_only=True)["classes"] == list(CLASSES)
+
+
+def test_a_missing_class_folder_is_refused_naming_it(trained, tmp_path):
+    message = fails([trained["ckpt"], "--data", val_folder(trained, tmp_path, drop=["b_green"])])
+    assert "missing 'b_green'" in message and "extra" not in message
+
+
+def test_an_extra_class_folder_is_refused_naming_it(trained, tmp_path):
+    message = fails([trained["ckpt"], "--data", val_folder(trained, tmp_path, drop=["c_blue"], add=["e_extra"])])
+    assert "missing 'c_blue'" in message and "extra 'e_extra'" in message
+
+
+def test_classes_in_another_order_are_refused(trained, tmp_path):
+    obj = read_verified(trained["ckpt"])  # without its checksum, so that it can be changed
+    obj["classes"] = [CLASSES[1], CLASSES[0], *CLASSES[2:]]  # e.g. trained with a loader that orders differently
+    torch.save(obj, tmp_path / "reordered.pt")
+    message = fails([tmp_path / "reordered.pt", "--data", trained["data"]])
+    assert "order" in message and f"label 0 is '{CLASSES[1]}'" in message and f"'{CLASSES[0]}' here" in message
+
+
+def test_matching_classes_are_verified(trained):
+    assert evaluate([trained["ckpt"], "--data", trained["data"]])["class_order"] == "verified"
+    human = run("eval.py", [trained["ckpt"], "--data", trained["data"]]).stdout
+    assert "top1" in human and "not verified" not in human
+
+
+def test_a_mismatch_names_a_few_classes_and_counts_the_rest():
+    class_order = script("eval.py", "eval_script").class_order
+    names = [f"n{i:03d}" for i in range(1000)]
+    with pytest.raises(ValueError) as error:
+        class_order(names, SimpleNamespace(root="val", classes=names[10:] + ["x"]), 1000)
+    assert "(missing 'n000', 'n001', 'n002', 'n003', 'n004' and 5 more; extra 'x')" in str(error.value)
+    assert class_order(names, SimpleNamespace(root="val", classes=list(names)), 1000) == ("verified", None)
+    assert class_order(names, SimpleNamespace(), 1000)[0] == "not verified"  # synthetic data: no class folders
+
+
+def test_files_without_class_names_check_the_count_and_say_the_order_is_unverified(trained, tmp_path):
+    obj = read_verified(trained["ckpt"])  # without its checksum, so that it can be changed
+    del obj["classes"]  # written before checkpoints recorded their classes
+    torch.save(obj, tmp_path / "old.pt")
+    torch.save(obj["model"], tmp_path / "sd.pth")
+    arch = ["--config", trained["cfg"]]
+    fewer = val_folder(trained, tmp_path, drop=["b_green"])
+    for args in ([tmp_path / "old.pt"], [tmp_path / "sd.pth"] + arch):
+        assert evaluate(args + ["--data", trained["data"]])["class_order"] == "not verified"
+        human = run("eval.py", args + ["--data", trained["data"]]).stdout
+        assert "class order not verified" in human and "top1" in human
+        message = fails(args + ["--data", fewer])
+        assert "3 class folders" in message and "4 outputs" in message
+
+
+def test_zoo_files_record_the_classes(trained, registry, tmp_path, capsys):
+    folder = tmp_path / "zoo"
+    assert export([trained["ckpt"], "--name", "tiny_sn", "--zoo-dir", folder, "--registry", registry,
+                   "--zoo-md", tmp_path / "MODEL_ZOO.md"], capsys)[0] == 0
+    file = folder / "tiny_sn.safetensors"
+    assert evaluate([file, "--data", trained["data"]])["class_order"] == "verified"
+    assert "missing 'b_green'" in fails([file, "--data", val_folder(trained, tmp_path, drop=["b_green"])])
+    plain = tmp_path / "plain.safetensors"  # no metadata: like any other file without class names
+    save_file(load_file(str(file)), str(plain))
+    assert evaluate([plain, "--data", trained["data"], "--config", trained["cfg"]])["class_order"] == "not verified"
+
+
+# ----- bad files and outputs
+
+def test_unreadable_safetensors_files_are_one_line_errors(trained, tmp_path):
+    state = torch.load(trained["ckpt"], weights_only=True)["model"]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "good.safetensors"))
+    data = (tmp_path / "good.safetensors").read_bytes()
+    for name, content in (("garbage", b"not a safetensors file at all"), ("truncated", data[:len(data) // 2]),
+                          ("empty", b"")):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        assert "not a readable .safetensors file" in fails([path, "--data", trained["data"]]), name
+
+
+def flip_tensor_byte(path):
+    """Flip one byte inside the largest tensor record of a torch.save zip archive (not its zip headers)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_checksummed_checkpoint_is_a_one_line_error(trained, tmp_path):
+    path = tmp_path / "checksummed.pt"
+    torch.save(with_checksum(read_verified(trained["ckpt"])), path)
+    assert evaluate([path, "--data", trained["data"]])["images"] == 20  # intact: accepted
+    flip_tensor_byte(path)
+    assert "checksum mismatch" in fails([path, "--data", trained["data"]])
+
+
+def test_save_logits_into_an_unwritable_place_is_refused_before_evaluating(trained, tmp_path):
+    # An empty val/ would fail the evaluation itself, so these errors show the output is checked before it.
+    # Tests run as root, which a read-only chmod does not stop; /proc is a folder that root cannot create
+    # files in either (and os.access says it is writable), so the check must really try to create a file.
+    (tmp_path / "empty" / "val").mkdir(parents=True)
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    base = [trained["ckpt"], "--data", tmp_path / "empty", "--save-logits"]
+    assert "cannot write in /proc" in fails(base + ["/proc/logits.pt"])
+    assert "is not a folder" in fails(base + [tmp_path / "a_file" / "logits.pt"])
+    assert "is a folder" in fails(base + [tmp_path / "a_folder"])
+    assert "does not exist" in fails(base + [tmp_path / "absent" / "logits.pt"])
+    assert list((tmp_path / "a_folder").iterdir()) == []
+
+
+# ----- what eval.py says it did
+
+def test_save_logits_says_where_it_wrote(trained, tmp_path):
+    out = tmp_path / "logits.pt"
+    proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--save-logits", out])
+    assert proc.stderr.strip().splitlines() == [f"wrote the logits of 20 images to {out}"]
+    assert torch.load(out, weights_only=True)["logits"].shape == (20, 4)
+
+
+def test_recalibrate_says_how_many_batches_it_used(trained):
+    proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--recalibrate", "1000", "--json"])
+    used = json.loads(proc.stdout.strip().splitlines()[-1])["recalibrated_batches"]
+    assert 0 < used < 1000
+    assert proc.stderr.strip().splitlines() == \
+        [f"recalibrated norm statistics on {used} training batches (1000 requested, only {used} available)"]
+    proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--recalibrate", "1"])
+    assert proc.stderr.strip().splitlines() == ["recalibrated norm statistics on 1 training batch"]
+
+
+def run_with_tty_stderr(args):
+    """(returncode, stdout, stderr) of eval.py with stderr on a pseudo-terminal, as in an interactive shell."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24x100: a new pty has no size
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "eval.py")] + list(map(str, args)), cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    stdout = proc.communicate(timeout=300)[0]
+    return proc.returncode, stdout.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_only(trained):
+    args = [trained["ckpt"], "--data", trained["data"], "--batch-size", "3"]
+    code, stdout, stderr = run_with_tty_stderr(args)
+    assert code == 0 and "top1" in stdout
+    assert "eval:" in stderr and "/7 [" in stderr and "batch/s" in stderr  # 20 images in batches of 3: 7
+    plain = run("eval.py", args)
+    assert plain.stderr == ""  # not a terminal: logs and captured output stay clean
