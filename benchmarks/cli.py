@@ -7,9 +7,10 @@ import time
 
 import torch
 
-from . import layers, network, pipeline, report, shapes, timing, variants
+from . import layers, network, pipeline, report, shapes, timing, trainer, variants
 
-SECTIONS = ("layers", "network", "pipeline")
+SECTIONS = ("layers", "network", "pipeline")  # the default; "trainer" runs only when asked for
+CHOICES = SECTIONS + ("trainer",)
 # Per device (and --quick) defaults: the full matrix on CUDA, a few minutes on a 2-core CPU, seconds for tests.
 DEFAULTS = {
     "cuda": dict(layer_batch=[32, 256], shape_size=224, precision=["fp32", "bf16"], repeats=10, warmup=3,
@@ -22,6 +23,23 @@ DEFAULTS = {
                   min_sample_s=0.0, depth=18, image_size=32, batch=[2], pipeline_images=16, pipeline_unique=4,
                   pipeline_batch=4, pipeline_repeats=1, workers=[0, 1]),
 }
+# The trainer section's defaults (trainer_*): on the CPU the run the issue "Trainer hot path at a plain loop's
+# speed" was filed with (ResNet-18 at 32 px, 2 processes of 32, steps 20-200 of a one-epoch folder of 12,800
+# PNGs); on CUDA the same on every GPU (trainer_world None), with more loader workers. trainer_images None:
+# world * batch * steps, so that the epoch is the timed window.
+TRAINER = {
+    "cuda": dict(trainer_world=None, trainer_batch=32, trainer_steps=200, trainer_warmup=20, trainer_rounds=3,
+                 trainer_data="folder", trainer_images=None, trainer_size=32, trainer_depth=18, trainer_width=64,
+                 trainer_workers=8, trainer_threads=1),
+    "cpu": dict(trainer_world=2, trainer_batch=32, trainer_steps=200, trainer_warmup=20, trainer_rounds=5,
+                trainer_data="folder", trainer_images=None, trainer_size=32, trainer_depth=18, trainer_width=64,
+                trainer_workers=1, trainer_threads=1),
+    "quick": dict(trainer_world=2, trainer_batch=4, trainer_steps=6, trainer_warmup=2, trainer_rounds=1,
+                  trainer_data="folder", trainer_images=None, trainer_size=32, trainer_depth=18, trainer_width=8,
+                  trainer_workers=1, trainer_threads=1),
+}
+for _kind, _values in TRAINER.items():
+    DEFAULTS[_kind].update(_values)
 
 
 def _list(kind, choices=None):
@@ -41,7 +59,9 @@ def parser():
     p = argparse.ArgumentParser(description="Benchmark norm layers, whole-network training and the input "
                                 "pipeline; prints tables, --json writes every raw median and ratio.")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
-    p.add_argument("--what", type=_list(str, SECTIONS), default=list(SECTIONS), help="sections, e.g. layers,network")
+    p.add_argument("--what", type=_list(str, CHOICES), default=list(SECTIONS),
+                   help="sections, e.g. layers,network (default: layers,network,pipeline; trainer: train.py "
+                   "against a plain loop, only when named)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat (for tests)")
     p.add_argument("--repeats", type=int, help="timed repeats per variant (median reported)")
     p.add_argument("--warmup", type=int, help="untimed calls per variant before timing")
@@ -68,7 +88,27 @@ def parser():
     g.add_argument("--pipeline-batch", type=int)
     g.add_argument("--pipeline-repeats", type=int, help="passes over the folder per worker count (median)")
     g.add_argument("--crop", type=int, default=224)
-    g.add_argument("--cache-dir", default=pipeline.default_cache_dir(), help="where the JPEG folder is kept")
+    g.add_argument("--cache-dir", default=pipeline.default_cache_dir(),
+                   help="where the generated JPEG and PNG folders are kept")
+    g = p.add_argument_group("trainer", "train.py under torchrun against benchmarks/plain_loop.py (and --timm-train), "
+                             "same model, data, batch, precision and processes; interleaved rounds")
+    g.add_argument("--trainer-world", type=int, help="processes (CPU 2; CUDA: one per GPU, default every GPU)")
+    g.add_argument("--trainer-batch", type=int, help="images per process and step")
+    g.add_argument("--trainer-steps", type=int, help="last timed step; the trainer stops there")
+    g.add_argument("--trainer-warmup", type=int, help="first timed step (steps before it are start-up)")
+    g.add_argument("--trainer-rounds", type=int, help="rounds, each running every program once (median)")
+    g.add_argument("--trainer-data", choices=trainer.DATA_KINDS,
+                   help="folder: generated ImageFolder of PNGs; synthetic: data/synthetic.py's random tensors")
+    g.add_argument("--trainer-images", type=int, help="training images of the generated folder (default: world * "
+                   "batch * steps, one epoch)")
+    g.add_argument("--trainer-size", type=int, help="image size (train crop, val resize and crop)")
+    g.add_argument("--trainer-depth", type=int, choices=[18, 34, 50, 101, 152])
+    g.add_argument("--trainer-width", type=int, help="channels of the stem and first stage (64: torchvision)")
+    g.add_argument("--trainer-precision", choices=["fp32", "bf16"], default="fp32")
+    g.add_argument("--trainer-workers", type=int, help="DataLoader workers per process")
+    g.add_argument("--trainer-threads", type=int, help="OMP_NUM_THREADS of every process")
+    g.add_argument("--timm-train", metavar="PATH", help="a copy of timm's train.py, run as a third program "
+                   "(on the CPU it needs the one-line DDP patch in docs/performance.md)")
     return p
 
 
@@ -101,9 +141,42 @@ def settings(args):
         raise ValueError(f"--warmup must be >= 1 (the first call allocates and compiles), got {args.warmup}")
     if 0 in args.layer_batch or 0 in args.batch:
         raise ValueError("--layer-batch and --batch need values >= 1")
+    if "trainer" in args.what:
+        trainer_settings(args)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise ValueError(f"--json {args.json}: its folder does not exist; create it or choose another path")
     return args
+
+
+def trainer_settings(args):
+    """The trainer section's checks; fills args.trainer_world on CUDA and sets args.trainer_setup."""
+    if args.trainer_world is None:
+        args.trainer_world = torch.cuda.device_count()
+    if args.trainer_images is None:
+        args.trainer_images = args.trainer_world * args.trainer_batch * args.trainer_steps
+    if args.device == "cuda" and args.trainer_world > torch.cuda.device_count():
+        raise ValueError(f"--trainer-world {args.trainer_world}: one GPU per process, but "
+                         f"{torch.cuda.device_count()} are visible")
+    for key in ("world", "batch", "warmup", "rounds", "size", "width", "threads"):
+        if getattr(args, f"trainer_{key}") < 1:
+            raise ValueError(f"--trainer-{key} must be >= 1, got {getattr(args, f'trainer_{key}')}")
+    if args.trainer_workers < 0:
+        raise ValueError(f"--trainer-workers must be >= 0, got {args.trainer_workers}")
+    if args.trainer_steps <= args.trainer_warmup:
+        raise ValueError(f"--trainer-steps ({args.trainer_steps}) must exceed --trainer-warmup "
+                         f"({args.trainer_warmup}): the rate is timed between them")
+    if args.trainer_data == "folder" and args.trainer_images < args.trainer_world * args.trainer_batch:
+        raise ValueError(f"--trainer-images {args.trainer_images} do not fill one step of --trainer-world * "
+                         f"--trainer-batch = {args.trainer_world * args.trainer_batch} images")
+    if args.timm_train and not os.path.isfile(args.timm_train):
+        raise ValueError(f"--timm-train {args.timm_train}: no such file")
+    args.trainer_setup = trainer.Setup(
+        device=args.device, world=args.trainer_world, batch=args.trainer_batch, steps=args.trainer_steps,
+        warmup=args.trainer_warmup, data=args.trainer_data, images=args.trainer_images, size=args.trainer_size,
+        depth=args.trainer_depth, width=args.trainer_width, precision=args.trainer_precision,
+        workers=args.trainer_workers, threads=args.trainer_threads)
+    if args.timm_train:
+        trainer.timm_argv(args.trainer_setup, args.timm_train, "", "")
 
 
 _START = time.perf_counter()
@@ -126,7 +199,7 @@ def run(args):
     print(report.header(env))
     for name, v in resolved.items():
         print(f"  {name}: {v.get('description') or v.get('reason')}")
-    out = {"environment": env, "settings": {k: v for k, v in vars(args).items()},
+    out = {"environment": env, "settings": {k: v for k, v in vars(args).items() if k != "trainer_setup"},
            "variants": variants.describe(resolved)}
     if "layers" in args.what:
         progress("layers: measuring the copy rate")
@@ -150,6 +223,10 @@ def run(args):
                                                 args.pipeline_batch, args.crop, args.workers, clock,
                                                 args.pipeline_repeats, 1, progress)
         print("\n" + report.pipeline_text(out["pipeline"]))
+    if "trainer" in args.what:
+        out["trainer"] = trainer.run_trainer(args.trainer_setup, args.trainer_rounds, args.cache_dir,
+                                             args.timm_train, progress=progress)
+        print("\n" + report.trainer_text(out["trainer"]))
     progress("done")
     return out
 
@@ -168,7 +245,11 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = run(args)
+    try:
+        out = run(args)
+    except trainer.ProgramFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if args.json:
         write_json(args.json, out)
         print(f"\nwrote {args.json}")

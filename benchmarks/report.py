@@ -3,6 +3,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import statistics
 import subprocess
 
 import torch
@@ -143,3 +144,28 @@ def pipeline_text(section):
             + table(["path", "workers", "images/s", "images/s incl. start-up"], rows))
     notes = [f"  {rec['workers']} workers: {rec['note']}" for rec in section["cpu"] if "note" in rec]
     return "\n".join([text] + notes)
+
+
+TRAINER_PROGRAMS = {"trainer": "train.py (this repository's trainer)", "plain": "benchmarks/plain_loop.py",
+                    "timm": "timm's train.py"}
+
+
+def trainer_text(section):
+    s, programs = section["setup"], section["programs"]
+    data = (f"{section['steps_per_epoch'] * s['world'] * s['batch']:,}-image PNG folder" if s["data"] == "folder"
+            else "synthetic tensors")
+    rows = []
+    for name, rec in programs.items():
+        runs = [r for r in section["runs"] if r["program"] == name]
+        windows = sorted({f"{r['first_step']}-{r['last_step']}" for r in runs})
+        ratio = rec.get("ratio_to_plain")
+        rows.append([TRAINER_PROGRAMS.get(name, name), ", ".join(windows), f"{rec['images_per_s']:.1f}",
+                     " ".join(f"{v:.1f}" for v in rec["rounds"]), f"{ratio:.3f}" if ratio is not None else "1.000",
+                     f"{statistics.median(r['wall_s'] for r in runs):.0f}"])
+    text = (f"Trainer vs a plain loop: ResNet-{s['depth']} (width {s['width']}, {s['norm']}) at {s['size']} px, "
+            f"{data}, {s['world']} process(es) x {s['batch']} images on {s['device']}, {s['precision']}, "
+            f"{s['workers']} loader worker(s) and OMP_NUM_THREADS={s['threads']} per process; steady-state images/s "
+            f"between the timed steps, median of {section['rounds']} interleaved round(s); wall s: the whole "
+            f"program, start-up included\n"
+            + table(["program", "timed steps", "images/s", "per round", "vs plain", "wall s"], rows))
+    return "\n".join([text] + [f"  note: {n}" for n in section["notes"]])
