@@ -298,26 +298,37 @@ def run_program(name, s, work, data_root, timm_train, timeout):
     return {"times": times, "wall_s": wall, "argv": argv}
 
 
+def timed_run(name, s, work, data_root, timm_train, timeout):
+    """One run of program `name`: its steady-state rate, timestamps, wall seconds and command."""
+    result = run_program(name, s, work, data_root, timm_train, timeout)
+    rate = steady_rate(result["times"], s.warmup, s.steps, s.images_per_step)
+    return {"program": name, **rate, "wall_s": result["wall_s"],
+            "times": {str(k): v for k, v in sorted(result["times"].items())}, "argv": result["argv"]}
+
+
 def run_trainer(s, rounds, cache_dir, timm_train=None, timeout=3600, progress=print):
     """`rounds` interleaved rounds of train.py, the plain loop (and timm's train.py); medians and ratios."""
     names = ["trainer", BASELINE] + (["timm"] if timm_train else [])
     data_root = png_folder(cache_dir, s.images, s.size, progress=progress) if s.data == "folder" else None
     per_epoch = steps_per_epoch(s)
-    rates, runs = {n: [] for n in names}, []
-    with tempfile.TemporaryDirectory(prefix="sn-trainer-bench-") as work:
-        for r in range(rounds):
-            for name in round_order(names, r):
-                progress(f"trainer: round {r + 1}/{rounds}: {name}")
-                result = run_program(name, s, work, data_root, timm_train, timeout)
-                rate = steady_rate(result["times"], s.warmup, s.steps, s.images_per_step)
-                rates[name].append(rate["images_per_s"])
-                runs.append({"round": r, "program": name, **rate, "wall_s": result["wall_s"],
-                             "times": {str(k): v for k, v in sorted(result["times"].items())},
-                             "argv": result["argv"]})
+    runs = []
+    # SIGTERM raises SystemExit here, so that run_lines kills the program running (in a session of its own)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        with tempfile.TemporaryDirectory(prefix="sn-trainer-bench-") as work:
+            for r in range(rounds):
+                for name in round_order(names, r):
+                    progress(f"trainer: round {r + 1}/{rounds}: {name}")
+                    runs.append({"round": r, **timed_run(name, s, work, data_root, timm_train, timeout)})
+                    progress(f"trainer: {name}: {runs[-1]['images_per_s']:.1f} images/s over steps "
+                             f"{runs[-1]['first_step']}-{runs[-1]['last_step']}, {runs[-1]['wall_s']:.0f} s in all")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     notes = []
     if s.steps > per_epoch:
         notes.append(f"the window crosses epoch ends ({per_epoch} steps per epoch): each program restarts its "
                      "loader workers there")
+    rates = {name: [r["images_per_s"] for r in runs if r["program"] == name] for name in names}
     return {"setup": dataclasses.asdict(s), "data_root": data_root, "steps_per_epoch": per_epoch,
             "rounds": rounds, "order": [round_order(names, r) for r in range(rounds)],
             "trainer_config": trainer_config(s, data_root, "<run folder>"),
