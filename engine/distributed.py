@@ -56,6 +56,37 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+class StepFlags:
+    """A step's small float64 vector, summed over ranks in the background and read later.
+
+    The all-reduce is launched asynchronously; on CUDA the sum is then copied to pinned host memory
+    behind an event, so reading it waits for that copy only, never for work queued after it.
+    """
+
+    def __init__(self, stats, step, seen):
+        self.step, self.seen = step, seen
+        self._work = dist.all_reduce(stats, async_op=True) if _multi_process() else None
+        self._event = None
+        if stats.is_cuda:
+            if self._work is not None:
+                self._work.wait()  # orders the current stream after the collective; the host does not block
+                self._work = None
+            self._host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+            self._host.copy_(stats, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = stats
+
+    def values(self):
+        """The summed values as Python floats."""
+        if self._work is not None:
+            self._work.wait()
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.tolist()
+
+
 def all_gather_objects(obj):
     """List of `obj` from every rank, in rank order."""
     if not _multi_process():

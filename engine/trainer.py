@@ -16,7 +16,7 @@ from data import build_eval_loader, build_train_loader
 from models import build_model, load_strict
 
 from . import checkpoint as ckpt
-from .distributed import all_gather_objects, all_reduce_sum, broadcast_object
+from .distributed import StepFlags, all_gather_objects, all_reduce_sum, broadcast_object
 from .evaluate import autocast, evaluate
 from .logger import RunLogger
 from .optim import build_optimizer
@@ -54,6 +54,9 @@ class Trainer:
         self.best_top1 = -1.0
         self.bad_images = 0
         self.epoch_end_pending = False  # the epoch has ended but its validation/checkpoint work has not run
+        self._in_flight = None          # StepFlags of the newest step, not yet read
+        self._stop_agreed = False       # a settled step carried a stop request from some rank
+        self._meter = None              # the metrics of the steps settled since the last print
         self._saved = None              # (global_step, epoch_end_pending) of the newest checkpoint written
         self._recal_loader = None
         self.stop = StopWatch()         # signals and agent death, acted upon at the next step by all ranks
@@ -121,6 +124,7 @@ class Trainer:
         The model state holds the running statistics averaged over ranks (what evaluation uses), and
         rank_buffers every rank's own, so that a resume continues exactly; the model is not changed.
         """
+        self._settle_in_flight()  # the guard and the counters cover every step the checkpoint holds
         own = local_buffers(self.model)
         norms.average_running_stats(self.model)
         model_state = {k: v.detach().clone() if k in own else v for k, v in self.model.state_dict().items()}
@@ -253,6 +257,7 @@ class Trainer:
         if self._saved != (self.global_step, self.epoch_end_pending):  # a checkpoint may already hold this state
             self.save()
         if self.stop_reason == "signal":
+            self.stop.requested()  # this rank may see the agent's death only now, after another rank did
             what = AGENT_DIED if self.stop.reason == AGENT_DIED else \
                 f"signal {self.stop.reason or '(on another rank)'}"
             self.log.info(f"stopping on {what}: checkpoint written at iteration {self.global_step}; "
@@ -283,38 +288,45 @@ class Trainer:
                              os.path.join(self.run_dir, "final.json"))
 
     def train_epoch(self):
-        """Run the rest of the current epoch; False when train.max_iters or a stop signal ended it early."""
+        """Run the rest of the current epoch; False when train.max_iters or a stop signal ended it early.
+
+        Each step's flags and metrics are read one step later (see StepFlags), except on the steps whose
+        work needs them at once: print, checkpoint, max_iters and the epoch's last step.
+        """
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.model.train()
-        meter = {"loss": 0.0, "correct": 0, "correct5": 0, "seen": 0, "steps": 0, "wait": 0.0,
-                 "start": time.perf_counter()}
+        self._meter = {"loss": 0.0, "correct": 0, "correct5": 0, "seen": 0, "steps": 0, "wait": 0.0,
+                       "start": time.perf_counter()}
         epoch_start = time.perf_counter()
         tick = time.perf_counter()
+        every = self.cfg.checkpoint.every_iters
         for images, targets, bad in self._progress(self.train_loader):
-            meter["wait"] += time.perf_counter() - tick
+            self._meter["wait"] += time.perf_counter() - tick
             lr = lr_at(self.epoch + self.step_in_epoch / self.steps_per_epoch, self.setting.lr,
                        self.cfg.schedule, self.cfg.train.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, correct1, correct5, stop = self.train_step(images, targets, bad)
+            flags = self.train_step(images, targets, bad)
             self.step_in_epoch += 1
             self.global_step += 1
-            meter["loss"] += loss
-            meter["correct"] += correct1
-            meter["correct5"] += correct5
-            meter["seen"] += len(targets) * self.env.world
-            meter["steps"] += 1
-            if self.global_step % self.cfg.log.print_every == 0:
-                self._log_train(meter, lr)
-            if stop and self.step_in_epoch < self.steps_per_epoch:  # at an epoch's end, fit() stops
+            previous, self._in_flight = self._in_flight, flags
+            if previous is not None:
+                self._settle(previous)
+            epoch_end = self.step_in_epoch == self.steps_per_epoch
+            printing = self.global_step % self.cfg.log.print_every == 0
+            saving = bool(every) and self.global_step % every == 0 and not epoch_end
+            if printing or saving or epoch_end or self._max_iters_reached():
+                self._settle_in_flight()
+            if printing:
+                self._log_train(lr)
+            if self._stop_agreed and not epoch_end:  # at an epoch's end, fit() stops
                 self.stop_reason = "signal"
                 return False
-            if self._max_iters_reached() and self.step_in_epoch < self.steps_per_epoch:
+            if self._max_iters_reached() and not epoch_end:
                 self.stop_reason = "max_iters"
                 return False
-            every = self.cfg.checkpoint.every_iters
-            if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
+            if saving:
                 self.save()
             tick = time.perf_counter()
         self.epoch += 1
@@ -326,10 +338,10 @@ class Trainer:
         return True
 
     def train_step(self, images, targets, bad):
-        """Forward, backward, finiteness check across ranks, optimizer step.
+        """Forward, backward, optimizer step; returns the step's StepFlags, reduced over ranks in the background.
 
-        Returns the loss averaged over ranks, the numbers of top-1/top-5 hits summed over ranks, and
-        whether any rank has received a stop signal (SIGTERM/SIGUSR1), so that all ranks stop together.
+        The host does not wait for the step: its finiteness guard, bad-image count, stop request and
+        metrics travel in one asynchronous all-reduce and are read (settled) at the next step.
         """
         device = self.env.device
         images = images.to(device, non_blocking=True)
@@ -343,41 +355,57 @@ class Trainer:
         if self.scaler:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
+            finite = torch.isfinite(loss.detach())  # gradient overflow is the scaler's business: it skips the step
         else:
             loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
-        # fp16 overflow is the scaler's business (it skips the step); anything else non-finite stops the run
-        grad_ok = bool(self.scaler) or torch.isfinite(grad_norm)
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True))
+        self._warn_bad_images(bad)
         top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
-        # one collective and one host sync per step: the guard, bad images, stop signals and the metrics together
-        stop = torch.tensor(float(self.stop.requested()), dtype=torch.float64, device=device)
-        stats = torch.stack([(~(torch.isfinite(loss.detach()) & grad_ok)).double(), (bad >= 0).sum().double().to(device),
-                             loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double(), stop])
-        nonfinite, bad_total, loss_sum, correct1, correct5, stop = all_reduce_sum(stats).tolist()
-        self._check_bad_images(bad, int(bad_total))
-        if nonfinite > 0:
-            raise FloatingPointError(
-                f"non-finite loss or gradient at iteration {self.global_step + 1} (epoch {self.epoch}, "
-                f"step {self.step_in_epoch + 1}); weights not updated, the last checkpoint in {self.run_dir} "
-                "is intact: lower optim.lr, add warmup or use bf16 instead of fp16")
+        host = torch.tensor([float((bad >= 0).sum()), float(self.stop.requested())], dtype=torch.float64)
+        stats = torch.cat([(~finite).double().reshape(1), host.to(device, non_blocking=True),
+                           torch.stack([loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double()])])
+        flags = StepFlags(stats, self.global_step + 1, len(targets) * self.env.world)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        return loss_sum / self.env.world, int(correct1), int(correct5), stop > 0
+        return flags
 
-    def _check_bad_images(self, bad, total_new):
-        if total_new == 0:
-            return
-        dataset = self.train_loader.dataset
-        for index in bad[bad >= 0].tolist():
-            print(f"warning (rank {self.env.rank}): unreadable image {dataset.samples[index][0]} "
-                  "replaced by the next readable one", flush=True)
-        self.bad_images += total_new
+    def _settle(self, flags):
+        """Act on a finished step's reduced flags: the guard, the bad-image limit, the stop request, the metrics."""
+        nonfinite, bad_total, stop, loss_sum, correct1, correct5 = flags.values()
+        if nonfinite > 0:
+            raise FloatingPointError(
+                f"non-finite loss or gradient at iteration {flags.step}; the weights it updated were never "
+                f"checkpointed, the last checkpoint in {self.run_dir} is intact: lower optim.lr, add warmup or "
+                "use bf16 instead of fp16")
+        self.bad_images += int(bad_total)
         if self.bad_images > self.cfg.data.max_bad_images:
             raise RuntimeError(f"{self.bad_images} unreadable training images exceed data.max_bad_images="
                                f"{self.cfg.data.max_bad_images}; check the dataset or raise the limit")
+        self._stop_agreed = self._stop_agreed or stop > 0
+        meter = self._meter
+        meter["loss"] += loss_sum / self.env.world
+        meter["correct"] += int(correct1)
+        meter["correct5"] += int(correct5)
+        meter["seen"] += flags.seen
+        meter["steps"] += 1
+
+    def _settle_in_flight(self):
+        """Wait for the newest step's flags and act on them (before anything that reads the state)."""
+        flags, self._in_flight = self._in_flight, None
+        if flags is not None:
+            self._settle(flags)
+
+    def _warn_bad_images(self, bad):
+        """Name this rank's unreadable files at once (the loader reports them on the host)."""
+        if (bad >= 0).any():
+            dataset = self.train_loader.dataset
+            for index in bad[bad >= 0].tolist():
+                print(f"warning (rank {self.env.rank}): unreadable image {dataset.samples[index][0]} "
+                      "replaced by the next readable one", flush=True)
 
     def validate(self):
         if not self.cfg.norm.using_moving_average:
@@ -411,7 +439,8 @@ class Trainer:
         self.log.info(f"recalibrated norm statistics on {used} batches per process")
 
     # ----- logging ------------------------------------------------------------------------------
-    def _log_train(self, meter, lr):
+    def _log_train(self, lr):
+        meter = self._meter
         elapsed = time.perf_counter() - meter["start"]
         seen = max(meter["seen"], 1)
         values = {"loss": meter["loss"] / max(meter["steps"], 1), "top1": 100.0 * meter["correct"] / seen,
