@@ -158,14 +158,16 @@ def trainer_text(section):
     for name, rec in programs.items():
         runs = [r for r in section["runs"] if r["program"] == name]
         windows = sorted({f"{r['first_step']}-{r['last_step']}" for r in runs})
-        ratio = rec.get("ratio_to_plain")
+        ratio, within = rec.get("ratio_to_plain"), rec.get("ratio_to_plain_per_round_median")
         rows.append([TRAINER_PROGRAMS.get(name, name), ", ".join(windows), f"{rec['images_per_s']:.1f}",
                      " ".join(f"{v:.1f}" for v in rec["rounds"]), f"{ratio:.3f}" if ratio is not None else "1.000",
+                     f"{within:.3f}" if within is not None else "1.000",
                      f"{statistics.median(r['wall_s'] for r in runs):.0f}"])
     text = (f"Trainer vs a plain loop: ResNet-{s['depth']} (width {s['width']}, {s['norm']}) at {s['size']} px, "
             f"{data}, {s['world']} process(es) x {s['batch']} images on {s['device']}, {s['precision']}, "
             f"{s['workers']} loader worker(s) and OMP_NUM_THREADS={s['threads']} per process; steady-state images/s "
-            f"between the timed steps, median of {section['rounds']} interleaved round(s); wall s: the whole "
-            f"program, start-up included\n"
-            + table(["program", "timed steps", "images/s", "per round", "vs plain", "wall s"], rows))
+            f"between the timed steps, median of {section['rounds']} interleaved round(s); vs plain: ratio of "
+            f"the medians; in-round: median of the ratios within each round; wall s: the whole program, start-up "
+            f"included\n"
+            + table(["program", "timed steps", "images/s", "per round", "vs plain", "in-round", "wall s"], rows))
     return "\n".join([text] + [f"  note: {n}" for n in section["notes"]])

@@ -223,11 +223,18 @@ def round_order(names, r):
 
 
 def summarize(rates, baseline=BASELINE):
-    """{name: {"images_per_s": median, "rounds": rates, "ratio_to_<baseline>": median / baseline's median}}."""
+    """Per program: the median rate, the rates of every round, and against the baseline both the ratio of the
+    medians and the ratios within each round (a drift of the machine over the rounds cancels in those).
+
+    rates: {name: [images/s of round 0, round 1, ...]}.
+    """
     out = {name: {"images_per_s": statistics.median(r), "rounds": list(r)} for name, r in rates.items()}
     for name, rec in out.items():
         if name != baseline and baseline in out:
             rec[f"ratio_to_{baseline}"] = rec["images_per_s"] / out[baseline]["images_per_s"]
+            per_round = [a / b for a, b in zip(rec["rounds"], out[baseline]["rounds"])]
+            rec[f"ratio_to_{baseline}_per_round"] = per_round
+            rec[f"ratio_to_{baseline}_per_round_median"] = statistics.median(per_round)
     return out
 
 

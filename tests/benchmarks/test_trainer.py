@@ -58,7 +58,10 @@ def test_summarize_reports_medians_and_ratios_of_medians_to_the_plain_loop():
     assert out["trainer"]["images_per_s"] == 300.0 and out["plain"]["images_per_s"] == 320.0
     assert out["trainer"]["rounds"] == [300.0, 310.0, 280.0]
     assert out["trainer"]["ratio_to_plain"] == 300.0 / 320.0 and out["timm"]["ratio_to_plain"] == 0.5
-    assert "ratio_to_plain" not in out["plain"]
+    assert out["trainer"]["ratio_to_plain_per_round"] == [300.0 / 320.0, 310.0 / 330.0, 280.0 / 100.0]
+    assert out["trainer"]["ratio_to_plain_per_round_median"] == 310.0 / 330.0
+    assert out["timm"]["ratio_to_plain_per_round_median"] == 170.0 / 330.0
+    assert not [key for key in out["plain"] if key.startswith("ratio")]
 
 
 def test_trainer_times_reads_the_train_rows_of_metrics_jsonl(tmp_path):
@@ -195,6 +198,7 @@ def test_quick_run_times_both_programs(tmp_path):
     assert set(programs) == {"trainer", "plain"}
     assert programs["trainer"]["ratio_to_plain"] == pytest.approx(
         programs["trainer"]["images_per_s"] / programs["plain"]["images_per_s"])
+    assert programs["trainer"]["ratio_to_plain_per_round"] == [programs["trainer"]["ratio_to_plain"]]
     by_program = {r["program"]: r for r in section["runs"]}
     assert by_program["trainer"]["argv"][5].endswith("train.py")
     assert by_program["plain"]["argv"][5].endswith("plain_loop.py")
