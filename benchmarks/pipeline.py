@@ -1,8 +1,6 @@
 """Input-pipeline throughput: decode + augment of generated ImageNet-like JPEGs, CPU workers and GPU decode."""
 import os
-import shutil
 import statistics
-import tempfile
 import time
 
 import numpy as np
@@ -13,6 +11,8 @@ from PIL import Image
 from configs.schema import DataConfig
 from data import build_train_loader
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+from .cache import cached_folder
 
 # ImageNet's training images average roughly 400x350 px and 110 kB; quality 90 is what its crawl mostly used.
 WIDTH, HEIGHT, QUALITY = 500, 375, 90
@@ -50,19 +50,12 @@ def default_cache_dir():
 def jpeg_folder(cache_dir, count, unique, seed=0, progress=print):
     """ImageFolder root (train/<class>/<i>.JPEG) of `count` files cycling over `unique` generated JPEGs.
 
-    Built once in a temporary folder and renamed into place, so a folder that exists is complete and a
-    concurrent or interrupted run never sees a half-written one. Repeated files are hard links: decoding
-    them costs the same as decoding distinct ones, and generating is the slow part.
+    Repeated files are hard links: decoding them costs the same as decoding distinct ones, and
+    generating is the slow part.
     """
     unique = min(unique, count)
-    name = f"jpeg-{count}-{unique}-{WIDTH}x{HEIGHT}-q{QUALITY}-s{seed}"
-    root = os.path.join(cache_dir, name)
-    if os.path.isdir(root):
-        return root
-    os.makedirs(cache_dir, exist_ok=True)
-    progress(f"pipeline: generating {unique} JPEGs ({count} files) into {root}")
-    tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=cache_dir)
-    try:
+
+    def fill(tmp):
         rng = np.random.default_rng(seed)
         for c in range(CLASSES):
             os.makedirs(os.path.join(tmp, "train", f"class_{c:02d}"))
@@ -72,12 +65,7 @@ def jpeg_folder(cache_dir, count, unique, seed=0, progress=print):
                 Image.fromarray(synthetic_photo(rng)).save(path, "JPEG", quality=QUALITY)
             else:
                 os.link(paths[i % unique], path)
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.isdir(root):  # not a lost race with another run: a real failure
-            raise
-    return root
+    return cached_folder(cache_dir, f"jpeg-{count}-{unique}-{WIDTH}x{HEIGHT}-q{QUALITY}-s{seed}", fill, progress)
 
 
 def list_jpegs(root):

@@ -25,6 +25,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from .cache import cached_folder
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES, VAL_PER_CLASS = 10, 2
 DATA_KINDS = ("folder", "synthetic")
@@ -61,27 +63,6 @@ class Setup:
 
 
 # ----- data --------------------------------------------------------------------------------------------
-def cached_folder(cache_dir, name, fill, progress):
-    """cache_dir/name, made by fill(tmp) in a temporary folder renamed into place (a folder that exists is whole).
-
-    The scheme of pipeline.jpeg_folder, in a form any generated data set can use.
-    """
-    root = os.path.join(cache_dir, name)
-    if os.path.isdir(root):
-        return root
-    os.makedirs(cache_dir, exist_ok=True)
-    progress(f"trainer: generating {root}")
-    tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=cache_dir)
-    try:
-        fill(tmp)
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.isdir(root):  # not a lost race with a concurrent run
-            raise
-    return root
-
-
 def png_folder(cache_dir, images, size, seed=0, progress=print):
     """ImageFolder root with train/ (`images` PNGs) and val/ (VAL_PER_CLASS per class) of CLASSES classes.
 
