@@ -53,6 +53,7 @@ class OptimConfig:
     nesterov: bool = False
     decay_norm: bool = True                    # decay norm gammas/betas and SN logits (the paper did)
     decay_bias: bool = True                    # decay conv/fc biases (the paper did)
+    clip_grad_norm: Optional[float] = spec(None, gt=0)  # clip the global gradient L2 norm to this; null: off
 
 
 @dataclass

@@ -355,11 +355,17 @@ class Trainer:
         if self.scaler:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            finite = torch.isfinite(loss.detach())  # gradient overflow is the scaler's business: it skips the step
         else:
             loss.backward()
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            finite = torch.isfinite(loss.detach()) & torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True))
+        finite = torch.isfinite(loss.detach())
+        clip = self.cfg.optim.clip_grad_norm
+        if clip or not self.scaler:  # gradient overflow under fp16 is the scaler's business: it skips the step
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)  # for the guard and the clip
+            if not self.scaler:
+                finite = finite & torch.isfinite(norm)
+            if clip:
+                torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)  # scales only
         self._warn_bad_images(bad)
         top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
         host = torch.tensor([float((bad >= 0).sum()), float(self.stop.requested())], dtype=torch.float64)
