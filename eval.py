@@ -187,13 +187,19 @@ def main(argv=None):
         print(f"error: {error_line(e)}", file=sys.stderr)
         shutdown()
         return 2
+    code = 0
     if args.save_logits:
         parts = all_gather_objects({k: metrics.pop(k) for k in ("logits", "targets", "indices")})
         if env.is_main:
             order = torch.cat([p["indices"] for p in parts]).argsort()
             logits = {k: torch.cat([p[k] for p in parts])[order] for k in ("logits", "targets", "indices")}
-            atomic_write(args.save_logits, lambda f: torch.save(logits, f))
-            note(f"wrote the logits of {len(order)} images to {args.save_logits}")
+            try:
+                atomic_write(args.save_logits, lambda f: torch.save(logits, f))
+            except USER_ERRORS as e:  # e.g. the disk filled up: the metrics below are still printed
+                print(f"error: --save-logits: {error_line(e)}", file=sys.stderr)
+                args.save_logits, code = None, 2
+            else:
+                note(f"wrote the logits of {len(order)} images to {args.save_logits}")
     if env.is_main:
         summary = {"checkpoint": args.checkpoint, "format": ckpt.kind, **metrics, "class_order": classes_checked}
         if recalibrated is not None:
@@ -212,7 +218,7 @@ def main(argv=None):
                   + (f"; published for {entry['name']}: top1 {_pct(entry['top1'])} top5 {_pct(entry['top5'])}"
                      if entry else ""))
     shutdown()
-    return 0
+    return code
 
 
 def _pct(value):

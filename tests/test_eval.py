@@ -376,6 +376,30 @@ def test_save_logits_says_where_it_wrote(trained, tmp_path):
     assert torch.load(out, weights_only=True)["logits"].shape == (20, 4)
 
 
+def test_save_logits_onto_a_full_disk_still_prints_the_metrics_and_exits_2(trained, tmp_path):
+    from tests.engine.test_checkpoint import _tmpfs, _umount
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, "64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs a real small file system")
+    try:
+        fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill it: an empty file can still be created
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        os.close(fd)
+        proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--save-logits", disk / "logits.pt",
+                               "--json"], check=False)
+        assert proc.returncode == 2
+        errors = proc.stderr.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith("error: --save-logits: no space left on device writing")
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["images"] == 20  # the evaluation is not lost
+        assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        _umount(disk)
+
+
 def test_recalibrate_says_how_many_batches_it_used(trained):
     proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--recalibrate", "1000", "--json"])
     used = json.loads(proc.stdout.strip().splitlines()[-1])["recalibrated_batches"]
