@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import termios
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from data import eval_transform
 from configs import load_config
 from models.checkpoints import load_file as read_verified, with_checksum
+from tests.faults import flip_tensor_byte, small_disk
 from tests.engine.tiny import CLASSES, REPO, make_image_folder, run, write_config
 
 RELEASED_RENAMES = (("bn_out.", "sn_out."), (".bn1.", ".sn1."), (".bn2.", ".sn2."), (".bn3.", ".sn3."))
@@ -334,16 +334,6 @@ def test_unreadable_safetensors_files_are_one_line_errors(trained, tmp_path):
         assert "not a readable .safetensors file" in fails([path, "--data", trained["data"]]), name
 
 
-def flip_tensor_byte(path):
-    """Flip one byte inside the largest tensor record of a torch.save zip archive (not its zip headers)."""
-    with zipfile.ZipFile(path) as archive:
-        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
-    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_a_flipped_byte_in_a_checksummed_checkpoint_is_a_one_line_error(trained, tmp_path):
     path = tmp_path / "checksummed.pt"
     torch.save(with_checksum(read_verified(trained["ckpt"])), path)
@@ -377,11 +367,7 @@ def test_save_logits_says_where_it_wrote(trained, tmp_path):
 
 
 def test_save_logits_onto_a_full_disk_still_prints_the_metrics_and_exits_2(trained, tmp_path):
-    from tests.engine.test_checkpoint import _tmpfs, _umount
-    disk = tmp_path / "disk"
-    if not _tmpfs(disk, "64k"):
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs a real small file system")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as disk:
         fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill it: an empty file can still be created
         try:
             while os.write(fd, b"\0" * 4096):
@@ -396,8 +382,6 @@ def test_save_logits_onto_a_full_disk_still_prints_the_metrics_and_exits_2(train
         assert len(errors) == 1 and errors[0].startswith("error: --save-logits: no space left on device writing")
         assert json.loads(proc.stdout.strip().splitlines()[-1])["images"] == 20  # the evaluation is not lost
         assert sorted(os.listdir(disk)) == ["filler"]
-    finally:
-        _umount(disk)
 
 
 def test_recalibrate_says_how_many_batches_it_used(trained):

@@ -3,7 +3,6 @@ torchrun agent, signals at shutdown, SIGKILL and the logs, bit flips, a full dis
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.engine.test_checkpoint import _tensor_data_offset, _tmpfs, _umount
+from tests.faults import flip_tensor_byte, read_events, small_disk
 from tests.engine.tiny import REPO, final_state, make_image_folder, read_until, run, start, write_config
 
 
@@ -153,21 +152,6 @@ def test_stop_signals_are_ignored_once_a_run_has_finished(tmp_path, dataset):
     assert json.loads((tmp_path / "runs" / "run" / "final.json").read_text())["status"] == "finished"
 
 
-def _events(folder):
-    """(tag, step) of every scalar in a run's TensorBoard files; asserts no torn record is left."""
-    from tensorboardX.proto.event_pb2 import Event
-    out = []
-    for name in sorted(os.listdir(folder)):
-        data, pos = open(os.path.join(folder, name), "rb").read(), 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            assert pos + 12 + length + 4 <= len(data), f"torn record in {name}"
-            event = Event.FromString(data[pos + 12:pos + 12 + length])
-            out += [(v.tag, event.step) for v in event.summary.value]
-            pos += 12 + length + 4
-    return out
-
-
 def test_logs_hold_each_step_once_after_kills_and_resumes(tmp_path, dataset):
     """SIGKILL at a few points of a run (between checkpoints), then resume: every log row once, in order."""
     cfg = write_config(str(tmp_path), dataset, epochs=4)
@@ -185,7 +169,7 @@ def test_logs_hold_each_step_once_after_kills_and_resumes(tmp_path, dataset):
     assert [r["step"] for r in rows if r["kind"] == "val"] == [6, 12, 18, 24]
     keys = [(r["kind"], r["step"]) for r in rows]
     assert len(keys) == len(set(keys))
-    events = _events(run_dir / "tb")
+    events = read_events(*sorted((run_dir / "tb").iterdir()))
     assert sorted(s for tag, s in events if tag == "train/loss") == list(range(1, 25))
     assert len(events) == len(set(events))
 
@@ -195,10 +179,7 @@ def test_bit_flipped_checkpoint_is_skipped_once_by_resume_and_refused_by_eval(tm
     run("train.py", ["--config", cfg, "train.max_iters=3", "checkpoint.every_iters=1"])
     run_dir = tmp_path / "runs" / "run"
     newest = run_dir / "checkpoint_000000003.pt"
-    offset, size = _tensor_data_offset(newest, "/data/0")
-    data = bytearray(newest.read_bytes())
-    data[offset + size // 2] ^= 0x01
-    newest.write_bytes(bytes(data))
+    flip_tensor_byte(newest, mask=0x01)
     evaluated = run("eval.py", [newest, "--data", dataset], check=False)
     assert "checksum mismatch" in _one_error_line(evaluated)
     resumed = run("train.py", ["--config", cfg, "train.max_iters=4"])
@@ -208,11 +189,8 @@ def test_bit_flipped_checkpoint_is_skipped_once_by_resume_and_refused_by_eval(tm
 
 
 def test_full_disk_during_a_checkpoint_write_and_a_read_only_folder(tmp_path, dataset):
-    disk = tmp_path / "disk"
-    if not _tmpfs(disk, "1500k"):
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs a real small file system")
-    try:
-        cfg = write_config(str(tmp_path), dataset, epochs=30)
+    cfg = write_config(str(tmp_path), dataset, epochs=30)
+    with small_disk(tmp_path / "disk", "1500k") as disk:
         overrides = [f"log.out_dir={disk}", "checkpoint.every_iters=1", "checkpoint.keep_last=100",
                      "log.tensorboard=false"]
         full = run("train.py", ["--config", cfg, *overrides], check=False)
@@ -227,13 +205,6 @@ def test_full_disk_during_a_checkpoint_write_and_a_read_only_folder(tmp_path, da
             os.remove(disk / "run" / name)  # space freed: all but the newest checkpoint go
         finished = run("train.py", ["--config", cfg, *overrides, "checkpoint.keep_last=1", f"train.max_iters={step + 2}"])
         assert f"resumed from {last_good}" in finished.stdout
-    finally:
-        _umount(disk)
-    readonly = tmp_path / "ro"
-    if not _tmpfs(readonly, "64k", readonly=True):
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path / "ro", "64k", readonly=True) as readonly:
         line = _one_error_line(run("train.py", ["--config", cfg, f"log.out_dir={readonly}"], check=False))
         assert "Read-only file system; choose a writable log.out_dir" in line
-    finally:
-        _umount(readonly)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine import checkpoint as ckpt
+from tests.faults import flip_tensor_byte, small_disk
 
 
 def test_atomic_save_failure_keeps_previous_file(tmp_path):
@@ -60,28 +61,12 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000000001.pt", "notes.tmp"]
 
 
-def _tensor_data_offset(path, member_suffix):
-    """Byte offset in the zip file of the stored (uncompressed) data of the member ending in member_suffix."""
-    import struct
-    import zipfile
-    with zipfile.ZipFile(path) as z:
-        info = max((i for i in z.infolist() if i.filename.endswith(member_suffix)), key=lambda i: i.file_size)
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        header = f.read(30)
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len, info.file_size
-
-
 def test_a_flipped_bit_in_tensor_data_fails_the_checksum(tmp_path):
     weights = torch.randn(1000, dtype=torch.float64)
     ckpt.save_periodic({"model": {"w": weights}, "step": 1}, tmp_path, 1, keep_last=3)
     ckpt.save_periodic({"model": {"w": weights + 1}, "step": 2}, tmp_path, 2, keep_last=3)
     newest = tmp_path / "checkpoint_000000002.pt"
-    offset, size = _tensor_data_offset(newest, "/data/0")
-    data = bytearray(newest.read_bytes())
-    data[offset + size // 2] ^= 0x10
-    newest.write_bytes(bytes(data))
+    flip_tensor_byte(newest)
     # torch itself loads the damaged file without complaint: only the checksum can tell
     raw = torch.load(newest, weights_only=True)
     assert not torch.equal(raw["model"]["w"], weights + 1)
@@ -104,25 +89,8 @@ def test_checksum_covers_every_value_and_ignores_key_order():
     assert len(digests) == len(variants) and content_digest(base) not in digests
 
 
-def _tmpfs(path, size, readonly=False):
-    """Mount a small tmpfs at `path` (root only); returns False (the caller skips, saying why) if not possible."""
-    import subprocess
-    os.makedirs(path, exist_ok=True)
-    options = f"size={size}" + (",ro" if readonly else "")
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
-def _umount(path):
-    import subprocess
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def test_full_disk_keeps_the_last_good_checkpoint_and_says_so(tmp_path):
-    disk = tmp_path / "disk"
-    if not _tmpfs(disk, "256k"):
-        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk test needs a real small file system")
-    try:
+    with small_disk(tmp_path / "disk", "256k") as disk:
         ckpt.save_periodic({"w": torch.zeros(1000)}, disk, 1, keep_last=5)
         with pytest.raises(ckpt.RunFolderError) as caught:
             ckpt.save_periodic({"w": torch.zeros(100_000)}, disk, 2, keep_last=5)  # 400 kB on a 256 kB disk
@@ -132,19 +100,12 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_says_so(tmp_path):
         assert "\n" not in message
         assert sorted(os.listdir(disk)) == ["checkpoint_000000001.pt"]  # no partial file left behind
         assert torch.equal(ckpt.load(disk / "checkpoint_000000001.pt")["w"], torch.zeros(1000))
-    finally:
-        _umount(disk)
 
 
 def test_read_only_folder_gives_one_line(tmp_path):
-    disk = tmp_path / "ro"
-    if not _tmpfs(disk, "64k", readonly=True):
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path / "ro", "64k", readonly=True) as disk:
         with pytest.raises(ckpt.RunFolderError, match="Read-only file system; choose a writable log.out_dir"):
             ckpt.atomic_json({"a": 1}, disk / "run" / "final.json")
-    finally:
-        _umount(disk)
 
 
 def test_which_config_changes_a_resume_refuses():

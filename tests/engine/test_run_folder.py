@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import pytest
 
 from engine.run_folder import RunFolderError, RunLock, truncate_events, truncate_jsonl
 from tests.engine.tiny import REPO
+from tests.faults import read_events
 
 
 def _hold_lock(folder):
@@ -53,19 +53,6 @@ def test_jsonl_keeps_rows_up_to_the_step_and_drops_a_torn_line(tmp_path):
     assert truncate_jsonl(str(tmp_path / "absent.jsonl"), 3) == 0
 
 
-def _read_records(path):
-    """(tag, step) of every scalar in a TFRecord event file, read independently of engine.run_folder."""
-    from tensorboardX.proto.event_pb2 import Event
-    data, pos, out = open(path, "rb").read(), 0, []
-    while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
-        event = Event.FromString(data[pos + 12:pos + 12 + length])
-        out += [(v.tag, event.step) for v in event.summary.value]
-        pos += 12 + length + 4
-    assert pos == len(data), "a torn record was left in the file"
-    return out
-
-
 def _write_events(folder, steps):
     from tensorboardX import SummaryWriter
     writer = SummaryWriter(str(folder))
@@ -84,9 +71,9 @@ def test_event_file_is_cut_before_later_steps_and_torn_records(tmp_path, cut):
         data = open(path, "rb").read()
         open(path, "wb").write(data[:len(data) - cut])
     truncate_events(path, 6)
-    assert _read_records(path) == [(tag, s) for s in range(1, 7) for tag in ("train/loss", "train/lr")]
+    assert read_events(path) == [(tag, s) for s in range(1, 7) for tag in ("train/loss", "train/lr")]
     truncate_events(path, 3)
-    assert _read_records(path) == [(tag, s) for s in range(1, 4) for tag in ("train/loss", "train/lr")]
+    assert read_events(path) == [(tag, s) for s in range(1, 4) for tag in ("train/loss", "train/lr")]
 
 
 def test_lock_file_in_an_unwritable_place_gives_one_line():
