@@ -105,11 +105,6 @@ def broadcast_object(obj):
     return box[0]
 
 
-def barrier():
-    if _multi_process():
-        dist.barrier()
-
-
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)  # bad input: configs, checkpoints, data folders
 
 

@@ -188,11 +188,6 @@ def embedded(path):
     return config, check_classes(classes, path)
 
 
-def embedded_config(path):
-    """The resolved config that scripts/export_zoo.py stores in a .safetensors file's metadata, or None."""
-    return embedded(path)[0]
-
-
 def upsert(entries, entry, force=False):
     """Entries with `entry` added, or replacing the same name in place; a different sha256 needs `force`."""
     validate_entry(entry)
