@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 import norms
 from norms import GroupNorm2d
-from tests.norms.test_cpu_kernels import LAYOUTS, compiled_kernels  # noqa: F401  (autouse: builds or skips)
-from tests.norms.test_cpu_kernels import run as cpu_kernel_run
+from tests.norms.helpers import LAYOUTS, kernel_step
+
+pytestmark = pytest.mark.usefixtures("compiled_kernels")  # tests/norms/conftest.py: builds or skips
 
 
 def make_layer(groups, c, affine=True, seed=0, impl="auto"):
@@ -23,7 +24,7 @@ def make_layer(groups, c, affine=True, seed=0, impl="auto"):
 
 def run(layer, x, dy):
     """(y, dx, parameter grads) of sum(layer(x) * dy), checking the compiled GN kernels ran."""
-    return cpu_kernel_run(layer, x, dy, kernel="_GroupNormCPUBackward")
+    return kernel_step(layer, x, dy, "_GroupNormCPUBackward")
 
 
 def run_float64(layer, x, dy):

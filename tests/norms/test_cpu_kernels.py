@@ -8,21 +8,9 @@ import torch
 import norms
 from norms import SwitchNorm2d, SyncSwitchNorm2d
 from norms.kernels import cpu, cpu_build
-from tests.norms import reference as oracle
-from tests.norms.test_fused import make_pair, saved_numel
+from tests.norms.helpers import LAYOUTS, kernel_step, make_pair, run_oracle, saved_numel
 
-LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
-@pytest.fixture(autouse=True)
-def compiled_kernels(monkeypatch):
-    """The kernels must build wherever a C++ compiler exists; without one the tests say so and skip."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv("NORMS_CPU_KERNELS", raising=False)
-    if cpu_build._compiler() is None:
-        pytest.skip("no C++ compiler (c++/g++ or $CXX): the compiled CPU kernels cannot be built here")
-    lib, why = cpu_build.library()
-    assert lib is not None, why
+pytestmark = pytest.mark.usefixtures("compiled_kernels")  # tests/norms/conftest.py: builds or skips
 
 
 def make_layer(c, seed=0, **kwargs):
@@ -32,24 +20,7 @@ def make_layer(c, seed=0, **kwargs):
 
 def run(layer, x, dy, kernel="_SwitchNormCPUBackward"):
     """(y, dx, parameter grads) of sum(layer(x) * dy), checking the compiled kernels ran."""
-    layer.zero_grad()
-    x = x.detach().clone().requires_grad_()
-    y = layer(x)
-    assert type(y.grad_fn).__name__ == kernel
-    (y * dy).sum().backward()
-    return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()]
-
-
-def run_oracle(layer, x, dy, groups):
-    """The same quantities from the float64 oracle, on the float64 values of x, dy and the layer's tensors."""
-    params = [p.detach().double().requires_grad_() for p in (layer.weight, layer.bias, layer.mean_weight,
-                                                             layer.var_weight)]
-    running = (layer.running_mean.double(), layer.running_var.double()) if layer.using_bn else (None, None)
-    x64 = x.double().requires_grad_()
-    y, rm, rv = oracle.switch_norm(x64, *params, *running, training=layer.training, momentum=layer.momentum,
-                                   eps=layer.eps, groups=groups)
-    (y * dy.double()).sum().backward()
-    return y.detach(), x64.grad, [p.grad for p in params], (rm, rv)
+    return kernel_step(layer, x, dy, kernel)
 
 
 def assert_close(got, want, rtol, atol):

@@ -8,6 +8,7 @@ import norms
 from norms import SwitchNorm2d
 from norms.kernels import eager
 from tests.norms import reference as oracle
+from tests.norms.helpers import make_pair, saved_numel
 
 
 @pytest.fixture(autouse=True)
@@ -15,23 +16,6 @@ def torch_op_primitives(monkeypatch):
     """impl="fused" on the CPU means the torch-op primitives without TRITON_INTERPRET and the compiled kernels."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("NORMS_CPU_KERNELS", "0")  # tests/norms/test_cpu_kernels.py covers them
-
-
-def make_pair(c, dtype=torch.float64, seed=0, **kwargs):
-    """(reference, fused) SwitchNorm2d with equal random parameters and buffers."""
-    torch.manual_seed(seed)
-    ref = SwitchNorm2d(c, impl="reference", **kwargs).to(dtype)
-    with torch.no_grad():
-        ref.weight.uniform_(0.5, 1.5)
-        ref.bias.uniform_(-0.5, 0.5)
-        ref.mean_weight.normal_()
-        ref.var_weight.normal_()
-        if ref.using_bn:
-            ref.running_mean.normal_()
-            ref.running_var.uniform_(0.5, 2.0)
-    fused = copy.deepcopy(ref)
-    fused.impl = "fused"
-    return ref, fused
 
 
 def step(layer, x, dy):
@@ -140,21 +124,6 @@ def test_primitives_match_float64_definitions():
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
     dx = eager.nc_grad_input(x, dy, m, *coef)
     torch.testing.assert_close(dx.double(), oracle.nc_grad_input(x, dy, m, *coef), rtol=1e-5, atol=1e-5)
-
-
-def saved_numel(layer, x):
-    """Elements the autograd graph of layer(x) keeps for backward (parameters and buffers not counted)."""
-    own = {t.data_ptr() for t in [*layer.parameters(), *layer.buffers()]}
-    sizes = []
-
-    def pack(t):
-        if t.data_ptr() not in own:
-            sizes.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        layer(x)
-    return sum(sizes)
 
 
 def test_backward_keeps_only_x_and_per_channel_statistics():

@@ -4,7 +4,6 @@ Shapes are small and odd so that every mask is exercised; `small_tiles` shrinks 
 so that the interpreter also walks several tiles per program and merges several l-splits.
 """
 import copy
-import importlib
 
 import pytest
 import torch
@@ -12,38 +11,9 @@ import torch.nn.functional as F
 
 import norms
 from tests.norms import reference as oracle
+from tests.norms.helpers import DEVICE, make_x
 
 pytest.importorskip("triton", reason="triton is not installed, so the Triton kernels cannot be tested")
-
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
-
-
-@pytest.fixture
-def tk(monkeypatch):
-    """norms.kernels.triton_nc, imported with TRITON_INTERPRET=1 unless a GPU runs the kernels for real."""
-    if not ON_GPU:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")  # read when the kernels are decorated, at first import
-    module = importlib.import_module("norms.kernels.triton_nc")
-    if not ON_GPU and not module.INTERPRETED:
-        pytest.skip("norms.kernels.triton_nc was imported without TRITON_INTERPRET=1; run this file on its own")
-    return module
-
-
-@pytest.fixture
-def small_tiles(tk, monkeypatch):
-    monkeypatch.setattr(tk, "_TILE", 16)
-    monkeypatch.setattr(tk, "_MAX_BLOCK_L", 8)
-    monkeypatch.setattr(tk, "_MAX_BLOCK_C", 4)
-    monkeypatch.setattr(tk, "_programs_wanted", lambda device: 8)
-
-
-def make_x(shape, dtype, channels_last, mean=1.0, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen) * 2 + mean
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(dtype).to(DEVICE).contiguous(memory_format=fmt)
-
 
 def close(actual, expected, dtype):
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2 ** -7)  # low precision: output rounding

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import norms
-from tests.norms.test_fused_triton import DEVICE, make_x, small_tiles, tk  # noqa: F401 (fixtures)
+from tests.norms.helpers import DEVICE, make_x
 
 FORMATS = {"nchw": False, "channels_last": True}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -9}

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 import norms
-from tests.norms.test_cpu_kernels import run_oracle
-from tests.norms.test_fused import make_pair
-from tests.norms.test_fused_triton import DEVICE, make_x, small_tiles, tk  # noqa: F401 (fixtures)
+from tests.norms.helpers import DEVICE, make_pair, make_x, run_oracle
 
 FORMATS = {"nchw": False, "channels_last": True}
 # float64 to rounding; float32 within 1e-5 (statistics in float32); half precision: the output's rounding
