@@ -14,9 +14,8 @@ import sys
 import pytest
 import torch
 
-from tests.engine.tiny import REPO, make_image_folder, run, write_config
+from tests.engine.tiny import REPO, final_state, make_image_folder, run, write_config
 from tests.scripts.slurm_cluster import free_port, job_fields, running_cluster
-from tests.test_train import final_state
 
 SBATCH_SCRIPT = os.path.join(REPO, "scripts", "slurm", "train.sbatch")
 OVERRIDES = ["model.dropout=0", "log.tensorboard=false"]

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.variants import VARIANTS
-
-from .test_shapes import torchvision_shapes
+from tests.benchmarks.torchvision_shapes import torchvision_shapes
 
 REPO = Path(__file__).resolve().parents[2]
 ALWAYS_AVAILABLE = ("bn", "gn", "sn-reference")
