@@ -14,18 +14,13 @@ import sys
 import pytest
 import torch
 
-from tests.engine.tiny import REPO, final_state, make_image_folder, run, write_config
+from tests.engine.tiny import REPO, final_state, run, write_config
 from tests.scripts.slurm_cluster import free_port, job_fields, running_cluster
 
 SBATCH_SCRIPT = os.path.join(REPO, "scripts", "slurm", "train.sbatch")
 OVERRIDES = ["model.dropout=0", "log.tensorboard=false"]
 # torchrun's agents log the rendezvous result (node rank and count) at INFO
 AGENT_ENV = {"LOGLEVEL": "INFO", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))
 
 
 def two_node_config(tmp_path, dataset):

@@ -11,12 +11,7 @@ import pytest
 import torch
 
 from tests.faults import flip_tensor_byte, read_events, small_disk
-from tests.engine.tiny import REPO, final_state, make_image_folder, read_until, run, start, write_config
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))
+from tests.engine.tiny import REPO, final_state, read_until, run, start, write_config
 
 
 def _one_error_line(proc):
