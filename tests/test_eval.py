@@ -19,11 +19,11 @@ import torchvision
 import yaml
 from safetensors.torch import load_file, save_file
 
-from data import eval_transform
 from configs import load_config
+from data import eval_transform
 from models.checkpoints import load_file as read_verified, with_checksum
-from tests.faults import flip_tensor_byte, small_disk
 from tests.engine.tiny import CLASSES, REPO, make_image_folder, run, write_config
+from tests.faults import flip_tensor_byte, small_disk
 
 RELEASED_RENAMES = (("bn_out.", "sn_out."), (".bn1.", ".sn1."), (".bn2.", ".sn2."), (".bn3.", ".sn3."))
 

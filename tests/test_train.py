@@ -61,7 +61,8 @@ def test_two_process_resume_after_an_off_schedule_checkpoint_is_bitwise_exact(tm
                for k in stopped["rank_buffers"][0])  # per-GPU statistics really differ between the ranks
     run("train.py", ["--config", cfg], nproc=2)
     assert_bitwise_equal(final_state(tmp_path / "runs" / "run")[1], final_state(two_process_run[1])[1])
-    resumed, full = (json.loads((d / "final.json").read_text()) for d in (tmp_path / "runs" / "run", two_process_run[1]))
+    resumed, full = (json.loads((d / "final.json").read_text())
+                     for d in (tmp_path / "runs" / "run", two_process_run[1]))
     assert (resumed["loss"], resumed["correct1"]) == (full["loss"], full["correct1"])
 
 
@@ -70,6 +71,7 @@ def test_stop_at_an_epochs_end_validates_after_resume_as_an_uninterrupted_run(tm
                                                                               monkeypatch, epoch):
     """The stop request arrives during the epoch's last step (simulated in-process); the rest is a real rerun."""
     import signal
+
     from configs import load_config
     from engine.distributed import init_distributed
     from engine.trainer import Trainer
@@ -101,10 +103,10 @@ def test_stop_at_an_epochs_end_validates_after_resume_as_an_uninterrupted_run(tm
     final, final_full = (json.loads(open(os.path.join(d, "final.json")).read()) for d in (run_dir, full))
     final.pop("train_time_s"), final_full.pop("train_time_s")
     assert final == final_full
-    vals = [(r["step"], r["top1"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if r["kind"] == "val"]
-    assert vals == [(r["step"], r["top1"], r["loss"]) for r in map(json.loads, open(os.path.join(full, "metrics.jsonl")))
-                    if r["kind"] == "val"]
+    vals = [(r["step"], r["top1"], r["loss"])
+            for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "val"]
+    assert vals == [(r["step"], r["top1"], r["loss"])
+                    for r in map(json.loads, open(os.path.join(full, "metrics.jsonl"))) if r["kind"] == "val"]
 
 
 @pytest.mark.parametrize("stop_at", [3, 6], ids=["mid_epoch", "epoch_boundary"])
@@ -129,7 +131,8 @@ def test_auto_resume_skips_corrupt_newest_checkpoint(tmp_path, dataset, uninterr
     assert_bitwise_equal(final_state(run_dir)[1], uninterrupted)
 
 
-@pytest.mark.parametrize("overrides", [["checkpoint.every_iters=1"], ["checkpoint.every_iters=0", "log.print_every=100"]],
+@pytest.mark.parametrize("overrides",
+                         [["checkpoint.every_iters=1"], ["checkpoint.every_iters=0", "log.print_every=100"]],
                          ids=["read_at_once_every_step", "read_one_step_later"])
 def test_nan_guard_stops_all_ranks_and_keeps_last_good_checkpoint(tmp_path, dataset, overrides):
     cfg = write_config(str(tmp_path), dataset, gpus=4, b=2)
@@ -290,6 +293,7 @@ def test_sigterm_to_torchrun_reaches_every_rank_and_the_run_resumes(tmp_path, da
 def test_signal_in_an_epochs_last_steps_skips_validation_and_checkpoints(tmp_path, dataset, monkeypatch):
     """In-process Trainer; the signal's arrival right at an epoch's end is simulated by wrapping train_epoch."""
     import signal
+
     from configs import load_config
     from engine.distributed import init_distributed
     from engine.trainer import Trainer
@@ -308,7 +312,8 @@ def test_signal_in_an_epochs_last_steps_skips_validation_and_checkpoints(tmp_pat
         return done
     trainer.train_epoch = epoch_then_signal
     assert trainer.fit() is None and trainer.stop_reason == "signal"
-    kinds = [json.loads(line)["kind"] for line in (tmp_path / "runs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = (tmp_path / "runs" / "run" / "metrics.jsonl").read_text()
+    kinds = [json.loads(line)["kind"] for line in metrics.splitlines()]
     assert "val" not in kinds
     name, state = final_state(tmp_path / "runs" / "run")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 0, 6)

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from tests.faults import flip_tensor_byte, read_events, small_disk
 from tests.engine.tiny import REPO, final_state, read_until, run, start, write_config
+from tests.faults import flip_tensor_byte, read_events, small_disk
 
 
 def _one_error_line(proc):
@@ -198,7 +198,8 @@ def test_full_disk_during_a_checkpoint_write_and_a_read_only_folder(tmp_path, da
         assert "no space left on device" in _one_error_line(again)
         for name in sorted(n for n in os.listdir(disk / "run") if n.startswith("checkpoint_"))[:-1]:
             os.remove(disk / "run" / name)  # space freed: all but the newest checkpoint go
-        finished = run("train.py", ["--config", cfg, *overrides, "checkpoint.keep_last=1", f"train.max_iters={step + 2}"])
+        finished = run("train.py", ["--config", cfg, *overrides, "checkpoint.keep_last=1",
+                                    f"train.max_iters={step + 2}"])
         assert f"resumed from {last_good}" in finished.stdout
     with small_disk(tmp_path / "ro", "64k", readonly=True) as readonly:
         line = _one_error_line(run("train.py", ["--config", cfg, f"log.out_dir={readonly}"], check=False))

@@ -21,7 +21,8 @@ def refused(path, overrides=()):
     return message
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "{}\n"], ids=["empty", "blank", "comment", "mapping"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "{}\n"],
+                         ids=["empty", "blank", "comment", "mapping"])
 def test_a_config_file_without_settings_is_refused(tmp_path, text):
     path = write(tmp_path, "empty.yaml", text)
     message = refused(path)

@@ -10,6 +10,7 @@ from tests.engine.tiny import make_image_folder, write_config
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: counts host synchronizations of CUDA steps")
 def test_steps_between_print_steps_do_not_synchronize(tmp_path, monkeypatch):
     import signal
+
     from configs import load_config
     from engine.distributed import init_distributed
     from engine.trainer import Trainer

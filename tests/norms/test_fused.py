@@ -188,7 +188,7 @@ def test_whole_resnet_fused_equals_reference_float64():
         (model(x) * dy).sum().backward()
     torch.testing.assert_close(fused(x), ref(x), rtol=1e-10, atol=1e-10)
     for (name, p), q in zip(fused.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
     assert_all_close(list(fused.buffers()), list(ref.buffers()), rtol=1e-12, atol=1e-12)
 
 

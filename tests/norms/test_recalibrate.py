@@ -40,8 +40,10 @@ def test_population_statistics_exact(sn_mode):
     assert used == 4 and not model.training
     for layer, kind, groups in ((bn, "bn", 2), (sn, "sn", 1)):
         stats = [s for x in captured[layer] for s in batch_stats(x, kind, groups)]
-        torch.testing.assert_close(layer.running_mean, torch.stack([m for m, _ in stats]).mean(0), rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(layer.running_var, torch.stack([v for _, v in stats]).mean(0), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(layer.running_mean, torch.stack([m for m, _ in stats]).mean(0),
+                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(layer.running_var, torch.stack([v for _, v in stats]).mean(0),
+                                   rtol=1e-10, atol=1e-10)
     assert layer._population is None
 
 

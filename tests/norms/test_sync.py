@@ -274,7 +274,7 @@ def test_sync_batchnorm_matches_torch_batchnorm(dist_run, name):
     ranks = [res[name] for res in results]
     assert set(ranks[0]["param_grads"]) == {"weight", "bias"}
     _compare_to_reference(case, ranks, ref)
-    for r, res in enumerate(ranks):
+    for res in ranks:
         assert int(res["buffers"]["num_batches_tracked"]) == int(ref["buffers"]["num_batches_tracked"]) == 1
     # torch's running_var is the unbiased variance of the whole batch: check it from the equation
     x = case["x"]

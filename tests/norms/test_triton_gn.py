@@ -54,7 +54,7 @@ def check(layer, x, dy):
     for name, a, b in zip(["y", "dx", "d weight", "d bias"], got, want):
         scale = max(1.0, b.abs().max().item()) if dtype in (torch.bfloat16, torch.float16) else 1.0
         torch.testing.assert_close(a.double().cpu() / scale, b / scale, rtol=tol, atol=tol,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

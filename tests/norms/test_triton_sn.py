@@ -50,7 +50,7 @@ def check(layer, x, dy, groups, dtype):
         # parameter gradients sum N*H*W rounded half-precision terms: compare them relative to their size
         scale = max(1.0, want.abs().max().item()) if dtype in (torch.bfloat16, torch.float16) else 1.0
         torch.testing.assert_close(got.double().cpu() / scale, want / scale, rtol=tol, atol=tol,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
     if layer.using_bn:
         buffer_tol = 1e-12 if dtype == torch.float64 else 1e-6
         for got, want in ((layer.running_mean, rm), (layer.running_var, rv)):

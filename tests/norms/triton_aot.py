@@ -10,7 +10,6 @@ Prints one line per compiled variant: kernel name, input dtype, constexpr argume
 import sys
 
 import torch
-import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction

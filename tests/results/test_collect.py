@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.results.fixtures import (PAPER_COLUMNS, assert_png, collect, collect_in_process, columns_of, parse_tables,
-                                    random_switch_weights, write_run)
+from tests.results.fixtures import (
+    PAPER_COLUMNS,
+    assert_png,
+    collect,
+    collect_in_process,
+    columns_of,
+    parse_tables,
+    random_switch_weights,
+    write_run,
+)
 
 # typed here from arXiv:1806.10779 Table 1, independent of results/published.py
 PAPER = {

@@ -8,8 +8,16 @@ import pytest
 from results import aggregate, read_runs
 from results.plots import accuracy_figure
 from results.table import group_runs
-from tests.results.fixtures import (PAPER_COLUMNS, assert_png, collect, collect_in_process, columns_of, parse_tables,
-                                    random_switch_weights, write_run)
+from tests.results.fixtures import (
+    PAPER_COLUMNS,
+    assert_png,
+    collect,
+    collect_in_process,
+    columns_of,
+    parse_tables,
+    random_switch_weights,
+    write_run,
+)
 
 matplotlib.use("Agg")
 

@@ -34,7 +34,8 @@ def unavailable_reason():
     """Why no cluster can be started here (None: it can): missing programs, or not running as root."""
     missing = missing_daemons()
     if missing:
-        return f"Slurm is not installed ({', '.join(missing)} not found): apt-get install slurm-wlm munge (.ci/run does)"
+        return (f"Slurm is not installed ({', '.join(missing)} not found): "
+                "apt-get install slurm-wlm munge (.ci/run does)")
     if os.geteuid() != 0:
         # slurmd launches every job step as the submitting user, which needs root (SlurmdUser=root below)
         return f"slurmd must run as root to start job steps, and these tests run as uid {os.geteuid()}"
