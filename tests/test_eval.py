@@ -44,6 +44,7 @@ def evaluate(args, nproc=0):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_world_sizes_1_and_2_count_every_image_once(trained):
     one = evaluate([trained["ckpt"], "--data", trained["data"], "--batch-size", "3"])
     two = evaluate([trained["ckpt"], "--data", trained["data"], "--batch-size", "3"], nproc=2)
@@ -52,6 +53,7 @@ def test_world_sizes_1_and_2_count_every_image_once(trained):
     assert one["format"] == "repo"
 
 
+@pytest.mark.multiprocess
 def test_saved_logits_are_in_dataset_order(trained, tmp_path):
     out = tmp_path / "logits.pt"
     summary = evaluate([trained["ckpt"], "--data", trained["data"], "--save-logits", out], nproc=2)
@@ -77,6 +79,7 @@ def _released_format(state):
     return {"state_dict": out, "epoch": 100}
 
 
+@pytest.mark.slow
 def test_every_checkpoint_format_gives_the_same_result(trained, tmp_path):
     reference = evaluate([trained["ckpt"], "--data", trained["data"]])
     state = torch.load(trained["ckpt"], weights_only=True)["model"]
@@ -96,6 +99,7 @@ def test_every_checkpoint_format_gives_the_same_result(trained, tmp_path):
         assert result["loss"] == pytest.approx(reference["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_torchvision_checkpoint_matches_torchvision_logits(trained, tmp_path):
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(num_classes=4).eval()
@@ -110,6 +114,7 @@ def test_torchvision_checkpoint_matches_torchvision_logits(trained, tmp_path):
     torch.testing.assert_close(torch.load(out, weights_only=True)["logits"], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_recalibrate_option_runs(trained):
     result = evaluate([trained["ckpt"], "--data", trained["data"], "--recalibrate", "2"])
     assert result["images"] == 20
@@ -123,6 +128,7 @@ def fails(args):
     return proc.stderr
 
 
+@pytest.mark.slow
 def test_clear_errors(trained, tmp_path):
     assert "checkpoint not found" in fails([tmp_path / "absent.pt", "--data", trained["data"]])
     state = torch.load(trained["ckpt"], weights_only=True)["model"]
@@ -173,6 +179,7 @@ def registry(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_zoo_export_then_eval_equals_the_checkpoint(trained, reference, registry, tmp_path, capsys):
     folder, md = tmp_path / "zoo", tmp_path / "MODEL_ZOO.md"
     args = [trained["ckpt"], "--name", "tiny_sn", "--zoo-dir", folder, "--registry", registry, "--zoo-md", md]
@@ -197,6 +204,7 @@ def test_zoo_export_then_eval_equals_the_checkpoint(trained, reference, registry
     assert (alone["correct1"], alone["format"]) == (reference["correct1"], "safetensors")
 
 
+@pytest.mark.slow
 def test_zoo_refuses_a_changed_file_and_a_different_export(trained, registry, tmp_path, capsys):
     folder, md = tmp_path / "zoo", tmp_path / "MODEL_ZOO.md"
     assert export([trained["ckpt"], "--name", "tiny_sn", "--zoo-dir", folder, "--registry", registry,
@@ -225,6 +233,7 @@ def test_zoo_refuses_a_changed_file_and_a_different_export(trained, registry, tm
     assert code == 2 and "not a readable PyTorch checkpoint" in err
 
 
+@pytest.mark.slow
 def test_zoo_authors_file_without_published_hash(trained, reference, tmp_path):
     folder = tmp_path / "zoo"
     folder.mkdir()
@@ -256,20 +265,24 @@ def val_folder(trained, tmp_path, drop=(), add=()):
     return str(root)
 
 
+@pytest.mark.slow
 def test_checkpoints_record_the_training_classes(trained):
     assert torch.load(trained["ckpt"], weights_only=True)["classes"] == list(CLASSES)
 
 
+@pytest.mark.slow
 def test_a_missing_class_folder_is_refused_naming_it(trained, tmp_path):
     message = fails([trained["ckpt"], "--data", val_folder(trained, tmp_path, drop=["b_green"])])
     assert "missing 'b_green'" in message and "extra" not in message
 
 
+@pytest.mark.slow
 def test_an_extra_class_folder_is_refused_naming_it(trained, tmp_path):
     message = fails([trained["ckpt"], "--data", val_folder(trained, tmp_path, drop=["c_blue"], add=["e_extra"])])
     assert "missing 'c_blue'" in message and "extra 'e_extra'" in message
 
 
+@pytest.mark.slow
 def test_classes_in_another_order_are_refused(trained, tmp_path):
     obj = read_verified(trained["ckpt"])  # without its checksum, so that it can be changed
     obj["classes"] = [CLASSES[1], CLASSES[0], *CLASSES[2:]]  # e.g. trained with a loader that orders differently
@@ -278,6 +291,7 @@ def test_classes_in_another_order_are_refused(trained, tmp_path):
     assert "order" in message and f"label 0 is '{CLASSES[1]}'" in message and f"'{CLASSES[0]}' here" in message
 
 
+@pytest.mark.slow
 def test_matching_classes_are_verified(trained):
     assert evaluate([trained["ckpt"], "--data", trained["data"]])["class_order"] == "verified"
     human = run("eval.py", [trained["ckpt"], "--data", trained["data"]]).stdout
@@ -294,6 +308,7 @@ def test_a_mismatch_names_a_few_classes_and_counts_the_rest():
     assert class_order(names, SimpleNamespace(), 1000)[0] == "not verified"  # synthetic data: no class folders
 
 
+@pytest.mark.slow
 def test_files_without_class_names_check_the_count_and_say_the_order_is_unverified(trained, tmp_path):
     obj = read_verified(trained["ckpt"])  # without its checksum, so that it can be changed
     del obj["classes"]  # written before checkpoints recorded their classes
@@ -309,6 +324,7 @@ def test_files_without_class_names_check_the_count_and_say_the_order_is_unverifi
         assert "3 class folders" in message and "4 outputs" in message
 
 
+@pytest.mark.slow
 def test_zoo_files_record_the_classes(trained, registry, tmp_path, capsys):
     folder = tmp_path / "zoo"
     assert export([trained["ckpt"], "--name", "tiny_sn", "--zoo-dir", folder, "--registry", registry,
@@ -323,6 +339,7 @@ def test_zoo_files_record_the_classes(trained, registry, tmp_path, capsys):
 
 # ----- bad files and outputs
 
+@pytest.mark.slow
 def test_unreadable_safetensors_files_are_one_line_errors(trained, tmp_path):
     state = torch.load(trained["ckpt"], weights_only=True)["model"]
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "good.safetensors"))
@@ -334,6 +351,7 @@ def test_unreadable_safetensors_files_are_one_line_errors(trained, tmp_path):
         assert "not a readable .safetensors file" in fails([path, "--data", trained["data"]]), name
 
 
+@pytest.mark.slow
 def test_a_flipped_byte_in_a_checksummed_checkpoint_is_a_one_line_error(trained, tmp_path):
     path = tmp_path / "checksummed.pt"
     torch.save(with_checksum(read_verified(trained["ckpt"])), path)
@@ -342,6 +360,7 @@ def test_a_flipped_byte_in_a_checksummed_checkpoint_is_a_one_line_error(trained,
     assert "checksum mismatch" in fails([path, "--data", trained["data"]])
 
 
+@pytest.mark.slow
 def test_save_logits_into_an_unwritable_place_is_refused_before_evaluating(trained, tmp_path):
     # An empty val/ would fail the evaluation itself, so these errors show the output is checked before it.
     # Tests run as root, which a read-only chmod does not stop; /proc is a folder that root cannot create
@@ -359,6 +378,7 @@ def test_save_logits_into_an_unwritable_place_is_refused_before_evaluating(train
 
 # ----- what eval.py says it did
 
+@pytest.mark.slow
 def test_save_logits_says_where_it_wrote(trained, tmp_path):
     out = tmp_path / "logits.pt"
     proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--save-logits", out])
@@ -366,6 +386,7 @@ def test_save_logits_says_where_it_wrote(trained, tmp_path):
     assert torch.load(out, weights_only=True)["logits"].shape == (20, 4)
 
 
+@pytest.mark.slow
 def test_save_logits_onto_a_full_disk_still_prints_the_metrics_and_exits_2(trained, tmp_path):
     with small_disk(tmp_path / "disk", "64k") as disk:
         fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill it: an empty file can still be created
@@ -384,6 +405,7 @@ def test_save_logits_onto_a_full_disk_still_prints_the_metrics_and_exits_2(train
         assert sorted(os.listdir(disk)) == ["filler"]
 
 
+@pytest.mark.slow
 def test_recalibrate_says_how_many_batches_it_used(trained):
     proc = run("eval.py", [trained["ckpt"], "--data", trained["data"], "--recalibrate", "1000", "--json"])
     used = json.loads(proc.stdout.strip().splitlines()[-1])["recalibrated_batches"]
@@ -416,6 +438,7 @@ def run_with_tty_stderr(args):
     return proc.returncode, stdout.decode(), b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal_only(trained):
     args = [trained["ckpt"], "--data", trained["data"], "--batch-size", "3"]
     code, stdout, stderr = run_with_tty_stderr(args)

@@ -17,6 +17,8 @@ import torch
 from tests.engine.tiny import REPO, final_state, run, write_config
 from tests.scripts.slurm_cluster import free_port, job_fields, running_cluster
 
+pytestmark = pytest.mark.multiprocess
+
 SBATCH_SCRIPT = os.path.join(REPO, "scripts", "slurm", "train.sbatch")
 OVERRIDES = ["model.dropout=0", "log.tensorboard=false"]
 # torchrun's agents log the rendezvous result (node rank and count) at INFO
@@ -108,6 +110,7 @@ def two_nodes(tmp_path_factory):
     slurm.stop()
 
 
+@pytest.mark.slurm
 def test_train_sbatch_two_node_job_runs_torchrun_on_each_node_and_equals_one_emulating_process(
         two_nodes, tmp_path, dataset, emulated):
     """A real two-node allocation: train.sbatch's own srun starts its torchrun command line once per node."""

@@ -7,6 +7,8 @@ import torch
 
 from tests.engine.tiny import assert_bitwise_equal, final_state, read_until, run, start, write_config
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def uninterrupted_dir(tmp_path_factory, dataset):
@@ -28,6 +30,7 @@ def two_process_run(tmp_path_factory, dataset):
     return proc.stdout, tmp / "runs" / "run"
 
 
+@pytest.mark.multiprocess
 def test_two_process_torchrun_run_writes_everything(dataset, two_process_run):
     stdout, run_dir = two_process_run
     assert "each process emulates 2 GPUs (stat_groups=2)" in stdout
@@ -51,6 +54,7 @@ def test_two_process_torchrun_run_writes_everything(dataset, two_process_run):
     assert all(k in train[0] for k in ("loss", "lr", "top1", "images_per_s", "data_wait_fraction"))
 
 
+@pytest.mark.multiprocess
 def test_two_process_resume_after_an_off_schedule_checkpoint_is_bitwise_exact(tmp_path, dataset, two_process_run):
     """Running statistics included: the checkpoint written at a stop must not change the trajectory."""
     cfg = write_config(str(tmp_path), dataset, gpus=4, b=2)
@@ -131,6 +135,7 @@ def test_auto_resume_skips_corrupt_newest_checkpoint(tmp_path, dataset, uninterr
     assert_bitwise_equal(final_state(run_dir)[1], uninterrupted)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("overrides",
                          [["checkpoint.every_iters=1"], ["checkpoint.every_iters=0", "log.print_every=100"]],
                          ids=["read_at_once_every_step", "read_one_step_later"])
@@ -163,6 +168,7 @@ def test_unreadable_images_are_named_counted_and_limited(tmp_path, dataset):
     assert failed.returncode == 1 and "exceed data.max_bad_images=1" in failed.stderr
 
 
+@pytest.mark.multiprocess
 def test_emulated_setting_equals_true_multiprocess_statistics(tmp_path, dataset):
     """(4, 2) on 2 processes x 2 virtual GPUs == on 1 process x 4 virtual GPUs; (2, 4) differs."""
     runs = {}
@@ -275,6 +281,7 @@ def test_sigusr1_checkpoints_exits_143_and_resume_is_exact(tmp_path, dataset, un
     assert json.loads((run_dir / "final.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.multiprocess
 def test_sigterm_to_torchrun_reaches_every_rank_and_the_run_resumes(tmp_path, dataset):
     import signal
     cfg = write_config(str(tmp_path), dataset, epochs=3)

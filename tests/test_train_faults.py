@@ -20,6 +20,7 @@ def _one_error_line(proc):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_experiment_and_reports_a_changed_schedule(tmp_path, dataset):
     import shutil
     cfg = write_config(str(tmp_path), dataset)
@@ -34,6 +35,7 @@ def test_resume_refuses_a_changed_experiment_and_reports_a_changed_schedule(tmp_
     assert "resumed from" in later.stdout
 
 
+@pytest.mark.slow
 def test_resume_from_weights_that_are_no_training_checkpoint(tmp_path, dataset):
     import torchvision
     weights = tmp_path / "resnet18.pth"
@@ -43,6 +45,7 @@ def test_resume_from_weights_that_are_no_training_checkpoint(tmp_path, dataset):
     assert "is not a training checkpoint of this repository" in line and "eval.py" in line
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset, epochs=3)
     proc = start(["--config", cfg])
@@ -56,6 +59,7 @@ def test_ctrl_c_checkpoints_and_exits_130_without_a_traceback(tmp_path, dataset)
     assert 1 <= step < 18 and not (tmp_path / "runs" / "run" / "final.json").exists()
 
 
+@pytest.mark.multiprocess
 def test_ctrl_c_under_torchrun_checkpoints_on_every_rank(tmp_path, dataset):
     """torchrun forwards SIGINT to its workers; its own exit code and message are torchrun's."""
     cfg = write_config(str(tmp_path), dataset, epochs=3)
@@ -82,6 +86,7 @@ def test_second_ctrl_c_aborts_at_once():
     assert term.reason == "SIGTERM" and term.exit_code == 143
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_folder(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset, epochs=5000)  # still running when the second one starts
     first = start(["--config", cfg])
@@ -115,6 +120,7 @@ def _children(pid):
     return out
 
 
+@pytest.mark.multiprocess
 def test_workers_stop_with_a_checkpoint_when_the_torchrun_agent_is_killed(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset, epochs=30)
     agent = start(["--config", cfg], nproc=2, start_new_session=True)
@@ -135,6 +141,7 @@ def test_workers_stop_with_a_checkpoint_when_the_torchrun_agent_is_killed(tmp_pa
     assert f"resumed from {tmp_path / 'runs' / 'run'}" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_stop_signals_are_ignored_once_a_run_has_finished(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset, epochs=1)
     code = ("import signal, sys, train; code = train.main(sys.argv[1:]); "
@@ -147,6 +154,7 @@ def test_stop_signals_are_ignored_once_a_run_has_finished(tmp_path, dataset):
     assert json.loads((tmp_path / "runs" / "run" / "final.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_logs_hold_each_step_once_after_kills_and_resumes(tmp_path, dataset):
     """SIGKILL at a few points of a run (between checkpoints), then resume: every log row once, in order."""
     cfg = write_config(str(tmp_path), dataset, epochs=4)
@@ -169,6 +177,7 @@ def test_logs_hold_each_step_once_after_kills_and_resumes(tmp_path, dataset):
     assert len(events) == len(set(events))
 
 
+@pytest.mark.slow
 def test_bit_flipped_checkpoint_is_skipped_once_by_resume_and_refused_by_eval(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset)
     run("train.py", ["--config", cfg, "train.max_iters=3", "checkpoint.every_iters=1"])
@@ -183,6 +192,7 @@ def test_bit_flipped_checkpoint_is_skipped_once_by_resume_and_refused_by_eval(tm
     assert f"resumed from {run_dir / 'checkpoint_000000002.pt'}" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_write_and_a_read_only_folder(tmp_path, dataset):
     cfg = write_config(str(tmp_path), dataset, epochs=30)
     with small_disk(tmp_path / "disk", "1500k") as disk:

@@ -13,6 +13,8 @@ from PIL import Image
 from benchmarks.variants import VARIANTS
 from tests.benchmarks.torchvision_shapes import torchvision_shapes
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 ALWAYS_AVAILABLE = ("bn", "gn", "sn-reference")
 BYTES = {"fp32": 4, "bf16": 2}

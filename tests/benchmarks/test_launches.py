@@ -1,4 +1,5 @@
 """benchmarks/launches.py: what it counts as a kernel launch, on known sequences of operators."""
+import pytest
 import torch
 
 from benchmarks.launches import count, layer_launches, total
@@ -19,6 +20,7 @@ def test_batchnorm_step_is_its_native_kernels():
     assert counts["torch"] == {"add_": 1, "native_batch_norm": 1, "native_batch_norm_backward": 1}
 
 
+@pytest.mark.slow
 def test_command_line_table(tmp_path):
     """python -m benchmarks.launches: SN's whole-layer kernels against the generic fused path, interpreted here."""
     import os

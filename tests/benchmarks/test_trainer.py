@@ -181,6 +181,7 @@ def test_bad_trainer_settings(argv, capsys, message):
 
 
 # ----- end to end ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_quick_run_times_both_programs(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--device", "cpu", "--quick",

@@ -38,6 +38,7 @@ def config(tmp_path):
     return write_config(str(tmp_path), str(tmp_path / "no_data"))  # --dry-run reads no data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", ["-2", "0", "two"])
 def test_world_must_be_a_positive_integer(config, world):
     line = one_line_error(run("train.py", ["--config", config, "--dry-run", "--world", world], check=False))
@@ -52,6 +53,7 @@ def test_empty_config_file_is_refused(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,message", [
     (["norm.groups=4"], "error: norm option 'groups=4' does not apply to norm type 'sn'"),
     (["norm.type=gn", "norm.groups=3"], "error: cannot build norm layer 'bn1': GroupNorm with groups=3 needs"),

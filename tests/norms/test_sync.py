@@ -216,6 +216,7 @@ def dist_run(tmp_path_factory):
     return inputs, results
 
 
+@pytest.mark.multiprocess
 def test_workers_ran_under_gloo_process_group(dist_run):
     _, results = dist_run
     for r, res in enumerate(results):
@@ -244,6 +245,7 @@ def test_switchnorm_reference_matches_equations(name):
     _close(ref["buffers"]["running_var"], rv, "running_var")
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name", list(SN_CASES))
 def test_sync_switchnorm_matches_single_process(dist_run, name):
     inputs, results = dist_run
@@ -266,6 +268,7 @@ def test_sync_switchnorm_matches_single_process(dist_run, name):
 # 2. SyncBatchNorm2d (2 ranks) == torch.nn.BatchNorm2d on the concatenated batch
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name", list(BN_CASES))
 def test_sync_batchnorm_matches_torch_batchnorm(dist_run, name):
     inputs, results = dist_run
@@ -290,6 +293,7 @@ def test_sync_batchnorm_matches_torch_batchnorm(dist_run, name):
 # 3. recalibrate under 2 ranks == population averages over all batches of both ranks
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.multiprocess
 def test_recalibrate_two_ranks_population_average(dist_run):
     inputs, results = dist_run
     case = inputs["recalibrate"]
@@ -347,6 +351,7 @@ def test_sync_layers_without_process_group(kind):
 # 5. SyncSwitchNorm2d with impl="fused" and impl="reference" in two real processes
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.multiprocess
 def test_sync_switchnorm_both_impls_match_single_process(tmp_path):
     """The fused backward recomputes the small statistics graph, all-reduce included, on every rank.
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("triton", reason="triton is not installed, so there is nothing to compile")
 
 ROOT = Path(__file__).resolve().parents[2]

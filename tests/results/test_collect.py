@@ -119,6 +119,7 @@ def test_csv_has_one_row_per_run(collected):
     assert by_run["sn_8x1"]["using_bn"] == "False"
 
 
+@pytest.mark.slow
 def test_figures_are_written(collected, runs_dir, tmp_path):
     assert_png(collected["out"] / "top1_vs_samples_per_gpu.png")
     assert_png(collected["out"] / "sn_importance.png")

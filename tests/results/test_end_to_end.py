@@ -8,6 +8,8 @@ import pytest
 from tests.engine.tiny import make_image_folder, run, write_config
 from tests.results.fixtures import collect, parse_tables
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory):
