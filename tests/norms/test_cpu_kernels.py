@@ -138,6 +138,7 @@ def test_sync_layer_without_process_group_equals_switch_norm():
     assert torch.equal(sync.running_mean, plain.running_mean)
 
 
+@pytest.mark.slow
 def test_build_cache_and_compiler_errors(tmp_path, monkeypatch):
     first = cpu_build.build(tmp_path)
     assert cpu_build.build(tmp_path) == first and first.exists()

@@ -71,6 +71,7 @@ def test_matches_float64_group_norm(gn, fmt, shape, groups, affine, dtype):
     check(layer, make_x(shape, dtype, FORMATS[fmt]), make_x(shape, dtype, False, mean=0.0, seed=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_over_several_blocks_tiles_and_splits(gn, small_tiles, monkeypatch, fmt):
     """Group kernels over several channel blocks, the column kernel over several sample blocks and a partial one."""

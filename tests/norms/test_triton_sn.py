@@ -73,6 +73,7 @@ def test_matches_float64_oracle(sn, fmt, shape, groups, using_bn, training, dtyp
     check(layer, x, dy, groups, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_over_several_blocks_tiles_and_splits(sn, small_tiles, monkeypatch, fmt):
     """Row kernels over several channel blocks, column kernels over several sample blocks and a partial one."""
