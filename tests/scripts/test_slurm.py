@@ -14,6 +14,8 @@ from tests.scripts.slurm_cluster import job_fields, running_cluster
 from engine import sweep as sw
 from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_background, sweep_cli, write_sweep
 
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
+
 SBATCH_SCRIPT = os.path.join(REPO, "scripts", "slurm", "train.sbatch")
 
 

@@ -238,6 +238,7 @@ def test_launch_sh_rejects_bad_input_on_one_line(tmp_path):
     assert (proc.returncode, proc.stderr.strip()) == (2, "error: --nproc must be a positive integer, got '0'")
 
 
+@pytest.mark.multiprocess
 def test_local_sweep_runs_cells_in_turn_through_launch_sh_and_skips_finished(tmp_path):
     """bn trains under torchrun (2 processes); gn's data folder is missing, so it fails and the sweep goes on;
     sn diverges (train.py exits 1 after writing final.json), which is a result, not a failure."""
