@@ -25,10 +25,12 @@ import torch
 import norms
 from configs import Config, ConfigError, from_dict, load_config
 from data import build_eval_loader, build_train_loader
-from engine.checkpoint import atomic_write
-from engine.distributed import USER_ERRORS, all_gather_objects, error_line, init_distributed, shutdown
-from engine.evaluate import autocast, evaluate, progress
-from engine.setting import statistics_batch
+from engine.cli import USER_ERRORS, error_line
+from engine.distributed import all_gather_objects, init_distributed, shutdown
+from engine.evaluate import evaluate, progress
+from engine.precision import autocast
+from engine.run_folder import atomic_write
+from engine.setting import effective_setting, statistics_batch
 from models import build_model, load_checkpoint, load_strict, released_sn_options, zoo
 
 
@@ -75,14 +77,17 @@ def pick_checkpoint(args, warn):
     return entry
 
 
-def resolve_config(args, saved, kind, state):
-    """The checkpoint's own config wins; otherwise --config (or the defaults) with overrides."""
+def resolve_config(args, saved, kind, state, note=print):
+    """The checkpoint's own config wins (it is the effective one, saved by the trainer); otherwise --config
+    (or the defaults) with overrides and the setting's rules applied, so the model is built as training built it."""
     if saved is not None:
         cfg = from_dict(Config, saved)
         if args.overrides:
             raise ConfigError("this checkpoint carries its config; overrides are not accepted")
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg, _, notes = effective_setting(load_config(args.config, args.overrides), world=None)
+        for line in notes:
+            note(f"note: {line}")
         if kind == "released":
             cfg.norm = dataclasses.replace(cfg.norm, type="sn", **released_sn_options(state))
     if args.data:
@@ -162,7 +167,7 @@ def main(argv=None):
         saved, classes = ckpt.config, ckpt.classes
         if saved is None:  # files written by scripts/export_zoo.py carry their resolved config and classes
             saved, classes = zoo.embedded(args.checkpoint)
-        cfg = resolve_config(args, saved, ckpt.kind, ckpt.state)
+        cfg = resolve_config(args, saved, ckpt.kind, ckpt.state, note)
         norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
         model = load_strict(build_model(cfg.model, norm), ckpt.state, f"checkpoint {args.checkpoint}").to(env.device)
         # a folder's classes are checked here, by name or count, so data/ gets num_classes only to draw synthetic labels

@@ -2,7 +2,8 @@
 
   torchrun --nproc_per_node=G train.py --config CONFIG [section.key=value ...]
   python train.py --config CONFIG [overrides]            (one process)
-  python train.py --config CONFIG --dry-run [--world W]  (print the resolved setting and exit)
+  python train.py --config CONFIG --dry-run [--world W]  (print the setting and the resolved config, and exit)
+  python train.py --list-configs | --list-norms         (the shipped configs; the norm types and their options)
 
 Rerunning the same command continues from the newest readable checkpoint (checkpoint.resume=auto).
 SIGTERM, SIGUSR1 (Slurm's time-limit signal, preemption), Ctrl-C (SIGINT) or the death of the
@@ -16,8 +17,9 @@ import sys
 import yaml
 
 from configs import load_config, to_dict
-from engine.distributed import USER_ERRORS, error_line, init_distributed, shutdown
-from engine.setting import apply_setting_rules, resolve_setting
+from engine.cli import USER_ERRORS, error_line
+from engine.distributed import init_distributed, shutdown
+from engine.setting import effective_setting
 from engine.stop import StopWatch
 
 
@@ -28,37 +30,61 @@ def parse_args(argv):
         return int(text)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML experiment config")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and setting, do not train")
+    parser.add_argument("--config", help="YAML experiment config (see --list-configs)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the setting, the resolved config and the run folder, do not train")
     parser.add_argument("--world", type=positive_int, default=None,
-                        help="with --dry-run: number of processes (default: gpus)")
+                        help="with --dry-run: number of processes (default: batch.gpus)")
+    parser.add_argument("--list-configs", action="store_true",
+                        help="list the configs under configs/ with their setting and description, and exit")
+    parser.add_argument("--list-norms", action="store_true",
+                        help="list the norm types (norm.type) with their options (norm.*) and defaults, and exit")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.2")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.config is None and not (args.list_configs or args.list_norms):
+        parser.error("the following arguments are required: --config (or --list-configs, --list-norms)")
+    return args
+
+
+def norm_lines():
+    """One line per registered norm type: its options and their defaults (stat_groups comes from the setting)."""
+    from norms import available_norms
+    from norms.factory import norm_options
+    return [f"{name}: " + ", ".join(f"{key}={value!r}" for key, value in norm_options(name).items()
+                                    if key != "stat_groups") for name in available_norms()]
 
 
 def run_dir_for(cfg, config_path):
     return os.path.join(cfg.log.out_dir, cfg.log.name or os.path.splitext(os.path.basename(config_path))[0])
 
 
+def dry_run(cfg, args):
+    """Print the setting line, its notes, the resolved config and the run folder (last: train.sbatch reads it)."""
+    import dataclasses
+    import models
+    import norms
+    cfg, setting, notes = effective_setting(cfg, args.world)
+    # build the layers as training would (on the CPU: faster than the meta device for one build), so
+    # option errors surface here, before Slurm starts any node
+    norm = norms.build_norm(**dataclasses.asdict(cfg.norm), stat_groups=setting.stat_groups)
+    models.build_model(cfg.model, norm)
+    for line in [setting.describe()] + notes:
+        print(line)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+    print(f"run folder: {run_dir_for(cfg, args.config)}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.list_configs or args.list_norms:
+            from configs.catalog import catalog_lines
+            print("\n".join((catalog_lines() if args.list_configs else []) + (norm_lines() if args.list_norms else [])))
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.dry_run:
-            import dataclasses
-            import models
-            import norms
-            cfg, notes = apply_setting_rules(cfg)
-            setting = resolve_setting(cfg.batch, cfg.optim.lr, args.world or cfg.batch.gpus)
-            # build the layers as training would (on the CPU: faster than the meta device for one build), so
-            # option errors surface here, before Slurm starts any node
-            norm = norms.build_norm(**dataclasses.asdict(cfg.norm), stat_groups=setting.stat_groups)
-            models.build_model(cfg.model, norm)
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
-            for line in [setting.describe()] + notes:
-                print(line)
-            print(f"run folder: {run_dir_for(cfg, args.config)}")
-            return 0
+            return dry_run(cfg, args)
         from engine.trainer import Trainer  # heavy imports only when training
         env = init_distributed()
         trainer = Trainer(cfg, env, run_dir_for(cfg, args.config))

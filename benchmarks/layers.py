@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from engine.evaluate import autocast
+from engine.precision import autocast
 
 from .timing import interleaved
 from .variants import BASELINE

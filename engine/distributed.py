@@ -103,11 +103,3 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)  # bad input: configs, checkpoints, data folders
-
-
-def error_line(e):
-    """One-line message of a user error (KeyError's str() would add quotes around the whole message)."""
-    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)

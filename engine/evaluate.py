@@ -1,5 +1,4 @@
 """Exact distributed evaluation: every image counted once, counts summed over ranks."""
-import contextlib
 import sys
 
 import torch
@@ -7,13 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .distributed import all_reduce_sum
-
-
-def autocast(precision, device_type):
-    """The autocast context for train.precision ('fp32' runs without autocast)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+from .precision import autocast
 
 
 def progress(loader, desc="eval", total=None):

@@ -24,21 +24,25 @@ class RunLogger:
         self._tb = None
 
     def open(self, step):
-        """Truncate the logs to `step` and open them for appending; returns what was removed, as text."""
+        """Truncate the logs to `step` and open them for appending; returns notes (what was removed, a missing
+        tensorboardX) as text, or None."""
         if not self.enabled:
             return None
         removed = truncate_jsonl(os.path.join(self.folder, "metrics.jsonl"), step)
         self._jsonl = open(os.path.join(self.folder, "metrics.jsonl"), "a", buffering=1)
-        cut = 0
-        if self.tensorboard:
+        cut, notes = 0, []
+        writer = _summary_writer() if self.tensorboard else None
+        if self.tensorboard and writer is None:
+            notes.append("note: tensorboardX is not installed: no TensorBoard events are written (and earlier ones "
+                         "are left as they are); pip install tensorboardX, or set log.tensorboard=false")
+        if writer is not None:
             for path in sorted(glob.glob(os.path.join(self.folder, "tb", "events.out.tfevents.*"))):
                 cut += truncate_events(path, step)
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(self.folder, "tb"), purge_step=step + 1 if step else None)
+            self._tb = writer(os.path.join(self.folder, "tb"), purge_step=step + 1 if step else None)
         if removed or cut:
-            return (f"logs continue from iteration {step}: removed {removed} metrics.jsonl row(s) and "
-                    f"{cut} TensorBoard byte(s) written after it")
-        return None
+            notes.append(f"logs continue from iteration {step}: removed {removed} metrics.jsonl row(s) and "
+                         f"{cut} TensorBoard byte(s) written after it")
+        return "\n".join(notes) or None
 
     def flush(self):
         if self._jsonl is not None:
@@ -70,3 +74,12 @@ class RunLogger:
     @staticmethod
     def is_tty():
         return sys.stdout.isatty()
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter class, or None where tensorboardX is not installed (an optional dependency)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter

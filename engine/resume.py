@@ -1,16 +1,13 @@
 """What resuming may change, what a training checkpoint must hold, and each rank's own running statistics."""
 import torch
 
+from configs.keys import BOOKKEEPING_KEYS, KERNEL_KEYS, RUNTIME_KEYS, SCHEDULE_KEYS, matches
+
 from .run_folder import RunFolderError
 
-# Keys that neither define the experiment nor change its trajectory: changed silently.
-RUNTIME_KEYS = ("checkpoint.", "log.out_dir", "log.name", "log.tensorboard", "data.workers")
-# Keys of the schedule and the bookkeeping: a change is allowed and reported, the experiment stays the same.
-SCHEDULE_KEYS = ("train.epochs", "train.max_iters", "train.eval_every", "train.recalibrate_batches",
-                 "train.compile", "train.deterministic", "train.channels_last", "log.print_every",
-                 "data.max_bad_images")
-# Every other key (model.*, norm.*, batch.*, optim.*, schedule.*, data.root and the transforms,
-# train.seed, train.precision, train.label_smoothing) defines the experiment: a change is refused.
+# A resume changes runtime keys silently, reports a change of these, and refuses a change of any other key
+# (model.*, norm.* but norm.impl, batch.*, optim.*, schedule.*, data.root and the transforms, train.seed, ...).
+REPORTED_KEYS = BOOKKEEPING_KEYS + KERNEL_KEYS + SCHEDULE_KEYS
 
 TRAINING_KEYS = ("model", "optimizer", "epoch", "step_in_epoch", "global_step", "world", "rng")
 
@@ -29,8 +26,8 @@ def changed_keys(saved, current, prefix=""):
 
 def check_config_change(saved, current, run_dir):
     """Raise for changed experiment keys; return the changed schedule keys (to report)."""
-    changed = [k for k in changed_keys(saved or {}, current) if not k.startswith(RUNTIME_KEYS)]
-    defining = [k for k in changed if not k.startswith(SCHEDULE_KEYS)]
+    changed = [k for k in changed_keys(saved or {}, current) if not matches(k, RUNTIME_KEYS)]
+    defining = [k for k in changed if not matches(k, REPORTED_KEYS)]
     if defining:
         described = ", ".join(f"{k} ({_get(saved, k)!r} -> {_get(current, k)!r})" for k in defining)
         raise RunFolderError(f"cannot resume {run_dir} with a changed experiment: {described}; restore "

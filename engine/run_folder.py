@@ -1,13 +1,30 @@
-"""A run folder's exclusive lock and the repair of its logs on resume (each step logged exactly once)."""
+"""A run folder's contract: its file names, config.yaml and final.json (schema-versioned), atomic writes,
+its exclusive lock, and the repair of its logs on resume (each step logged exactly once).
+
+Every program that writes or reads a run folder (trainer, checkpoints, sweep, collector, zoo export) goes
+through here; nothing in this module needs torch.
+"""
 import datetime
 import errno
 import fcntl
+import glob
 import json
 import os
+import re
 import socket
 import struct
+import tempfile
 
+import yaml
+
+CONFIG_NAME = "config.yaml"         # the resolved config the run trains with
+FINAL_NAME = "final.json"           # written last, once the run has finished or diverged
 LOCK_NAME = ".lock"
+BEST_NAME = "best.pt"
+CHECKPOINT_NAME = "checkpoint_{:09d}.pt"
+TEMP_PREFIX = ".tmp-"               # atomic writes in progress; a kill leaves them behind
+FINAL_SCHEMA = 1                    # final.json's "schema"; a file without the key is schema 0
+_STEP = re.compile(r"checkpoint_(\d{9})\.pt$")
 
 
 class RunFolderError(ValueError):
@@ -21,6 +38,118 @@ def storage_message(error, what):
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"cannot write {what}: {os.strerror(error.errno)}; choose a writable log.out_dir"
     return f"cannot write {what}: {error.strerror or error}"
+
+
+def atomic_write(path, write):
+    """Call write(binary_file) on a temporary file in the same folder, fsync it, rename over `path`.
+
+    An OSError (full disk, read-only folder) becomes a one-line RunFolderError; `path` keeps its old content.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; keep files readable as the umask allows
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise RunFolderError(storage_message(e, path)) from None
+        raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a kill interrupted (only one run writes a folder); return them."""
+    stale = sorted(glob.glob(os.path.join(folder, TEMP_PREFIX + "*")))
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+# ----- checkpoints' names -----------------------------------------------------------------------
+def checkpoint_path(folder, global_step):
+    return os.path.join(folder, CHECKPOINT_NAME.format(global_step))
+
+
+def list_checkpoints(folder):
+    """Periodic checkpoints in `folder`, newest (highest global step) first."""
+    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(folder, "checkpoint_*.pt"))
+             if (m := _STEP.search(p))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def step_of(path):
+    return int(_STEP.search(path).group(1))
+
+
+# ----- config.yaml and final.json ---------------------------------------------------------------
+def write_config(folder, config):
+    """Write the resolved config (a plain dict) as config.yaml, atomically."""
+    text = yaml.safe_dump(config, sort_keys=False)
+    atomic_write(os.path.join(folder, CONFIG_NAME), lambda f: f.write(text.encode()))
+
+
+def read_config(folder):
+    """The parsed config.yaml of a run folder; a malformed file is a one-line RunFolderError."""
+    return _read(os.path.join(folder, CONFIG_NAME), yaml.safe_load, "YAML")
+
+
+def write_final(folder, record):
+    """Write final.json, the run's outcome (status, metrics, setting), with the schema version, atomically."""
+    text = json.dumps({"schema": FINAL_SCHEMA, **record}, indent=1) + "\n"
+    atomic_write(os.path.join(folder, FINAL_NAME), lambda f: f.write(text.encode()))
+
+
+def read_final(folder):
+    """final.json as a dict, or None when the run has not written one (running, stopped or crashed).
+
+    A file without "schema" is schema 0 (the same fields, no version); a newer schema than this code
+    knows, or a file that is no JSON object, is a one-line RunFolderError.
+    """
+    path = os.path.join(folder, FINAL_NAME)
+    if not os.path.exists(path):
+        return None
+    final = _read(path, json.loads, "JSON")
+    if not isinstance(final, dict):
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(final).__name__}; fix or remove the file")
+    schema = final.get("schema", 0)
+    if not isinstance(schema, int) or isinstance(schema, bool) or not 0 <= schema <= FINAL_SCHEMA:
+        raise RunFolderError(f"{path}: final.json schema {schema!r} is not one this code reads (0 to "
+                             f"{FINAL_SCHEMA}); update the repository to read runs of a newer trainer")
+    return final
+
+
+def final_status(final):
+    """A final.json's status; files from before the trainer recorded one hold a finished run's metrics."""
+    if final is None:
+        return None
+    return str(final.get("status", "finished" if "top1" in final else "unknown"))
+
+
+def _read(path, parse, kind):
+    try:
+        with open(path) as f:
+            return parse(f.read())
+    except (ValueError, yaml.YAMLError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunFolderError(f"{path}: not valid {kind} ({first}); fix or remove the file") from None
 
 
 class RunLock:

@@ -44,7 +44,14 @@ def _positive_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def apply_setting_rules(cfg):
+def effective_setting(cfg, world=None):
+    """(effective cfg, Setting, notes) of a config launched on `world` processes (None: batch.gpus, one per
+    GPU of the setting): the one place that derives what runs, for train.py, the trainer, the sweep and eval.py."""
+    cfg, notes = _setting_rules(cfg)
+    return cfg, resolve_setting(cfg.batch, cfg.optim.lr, cfg.batch.gpus if world is None else world), notes
+
+
+def _setting_rules(cfg):
     """(cfg, notes): the config with the paper's per-setting rules applied, so saved configs say what ran.
 
     With one sample per GPU, SN's BN branch would normalize single samples: the paper dropped it

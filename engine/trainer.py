@@ -7,7 +7,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 import norms
@@ -16,14 +15,16 @@ from data import build_eval_loader, build_train_loader
 from models import build_model, load_strict
 
 from . import checkpoint as ckpt
+from . import run_folder
 from .distributed import StepFlags, all_gather_objects, all_reduce_sum, broadcast_object
-from .evaluate import autocast, evaluate
+from .evaluate import evaluate
 from .logger import RunLogger
 from .optim import build_optimizer
+from .precision import autocast
 from .resume import check_config_change, check_training_checkpoint, local_buffers, restore_buffers
 from .run_folder import RunFolderError, RunLock
 from .schedule import lr_at
-from .setting import apply_setting_rules, resolve_setting
+from .setting import effective_setting
 from .state import capture_rng, restore_rng, seed_everything
 from .stop import AGENT_DIED, StopWatch
 
@@ -32,11 +33,10 @@ class Trainer:
     """Builds everything from `cfg` and the distributed environment `env`, then `fit()` trains."""
 
     def __init__(self, cfg, env, run_dir):
-        cfg, notes = apply_setting_rules(cfg)
+        cfg, self.setting, notes = effective_setting(cfg, env.world)
         self.cfg, self.env, self.run_dir = cfg, env, run_dir
         self.lock = self._lock_run_folder()  # before anything in the folder is read or written
         self.log = RunLogger(run_dir, env.is_main, cfg.log.tensorboard)
-        self.setting = resolve_setting(cfg.batch, cfg.optim.lr, env.world)
         for line in [self.setting.describe()] + notes:
             self.log.info(line)
         self._set_determinism()
@@ -73,8 +73,7 @@ class Trainer:
         if cfg.train.compile:
             self.net = torch.compile(self.net)
         if env.is_main:
-            ckpt.atomic_write(os.path.join(run_dir, "config.yaml"),
-                              lambda f: f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()))
+            run_folder.write_config(run_dir, to_dict(cfg))
 
     def _lock_run_folder(self):
         """Rank 0 takes the folder's lock; every rank raises the same one-line error if it cannot."""
@@ -99,7 +98,9 @@ class Trainer:
 
     def _build_model(self):
         options = dataclasses.asdict(self.cfg.norm)
-        norm = norms.build_norm(**options, stat_groups=self.setting.stat_groups)
+        if "stat_groups" in norms.factory.norm_options(options["type"]):  # bn, sn: emulated GPUs split the batch
+            options["stat_groups"] = self.setting.stat_groups
+        norm = norms.build_norm(**options)
         model = build_model(self.cfg.model, norm).to(self.env.device)
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -140,7 +141,7 @@ class Trainer:
             try:
                 path = ckpt.save_periodic(state, self.run_dir, self.global_step, self.cfg.checkpoint.keep_last)
                 if best:
-                    ckpt.atomic_copy(path, os.path.join(self.run_dir, "best.pt"))
+                    ckpt.atomic_copy(path, os.path.join(self.run_dir, run_folder.BEST_NAME))
                 self.log.info(f"saved {path}{' (best)' if best else ''}")
             except RunFolderError as e:
                 error = str(e)
@@ -156,7 +157,7 @@ class Trainer:
         """
         target = self.cfg.checkpoint.resume
         if self.env.is_main:
-            for path in ckpt.remove_stale_temporaries(self.run_dir):
+            for path in run_folder.remove_stale_temporaries(self.run_dir):
                 self.log.info(f"removed {path}: a checkpoint write interrupted by a kill")
         state = None
         if target == "auto":
@@ -168,7 +169,7 @@ class Trainer:
         state = state or ckpt.load(target)
         check_training_checkpoint(state, target)
         changed = check_config_change(state.get("config"), to_dict(self.cfg), self.run_dir)
-        newer = [p for p in ckpt.list_checkpoints(self.run_dir) if ckpt.step_of(p) > state["global_step"]]
+        newer = [p for p in run_folder.list_checkpoints(self.run_dir) if run_folder.step_of(p) > state["global_step"]]
         if self.cfg.checkpoint.resume != "auto" and newer:
             raise ValueError(f"{self.run_dir} already holds checkpoints past iteration {state['global_step']} "
                              f"({os.path.basename(newer[0])}); resume into a new folder (log.name=...)")
@@ -221,11 +222,11 @@ class Trainer:
             metrics = self.validate()
         if self.env.is_main:
             summary = {k: v for k, v in metrics.items() if not torch.is_tensor(v)}
-            ckpt.atomic_json({"status": "finished", **summary, "epochs": self.epoch, "iterations": self.global_step,
-                              "best_top1": self.best_top1, "setting": dataclasses.asdict(self.setting),
-                              "switch_weights": norms.switch_weights(self.model),
-                              "train_time_s": round(time.perf_counter() - self._start_time, 1)},
-                             os.path.join(self.run_dir, "final.json"))
+            run_folder.write_final(self.run_dir, {
+                "status": "finished", **summary, "epochs": self.epoch, "iterations": self.global_step,
+                "best_top1": self.best_top1, "setting": dataclasses.asdict(self.setting),
+                "switch_weights": norms.switch_weights(self.model), "kernel_fallbacks": norms.backends.fallbacks(),
+                "train_time_s": round(time.perf_counter() - self._start_time, 1)})
         self.close()
         return metrics
 
@@ -283,9 +284,9 @@ class Trainer:
     def record_divergence(self, error):
         """Rank 0 writes final.json with status 'diverged', so sweeps and the collector report the cell as done."""
         if self.env.is_main:
-            ckpt.atomic_json({"status": "diverged", "error": str(error), "epochs": self.epoch,
-                              "iterations": self.global_step, "setting": dataclasses.asdict(self.setting)},
-                             os.path.join(self.run_dir, "final.json"))
+            run_folder.write_final(self.run_dir, {"status": "diverged", "error": str(error), "epochs": self.epoch,
+                                                  "iterations": self.global_step,
+                                                  "setting": dataclasses.asdict(self.setting)})
 
     def train_epoch(self):
         """Run the rest of the current epoch; False when train.max_iters or a stop signal ended it early.

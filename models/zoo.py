@@ -211,31 +211,3 @@ def registry_text(entries):
 
 def eval_command(name, data="data/imagenet"):
     return f"python eval.py --zoo {name} --data {data}"
-
-
-def markdown_table(entries):
-    """The MODEL_ZOO.md table of all entries, in registry order."""
-    lines = ["| name | source | recipe | top-1 | top-5 | file | sha256 | config | evaluate |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for e in entries:
-        cells = [f"`{e['name']}`", e["source"], e["recipe"], _pct(e["top1"]), _pct(e["top5"]), f"[`{e['file']}`]({e['url']})" if e["url"] else f"`{e['file']}`",
-                 f"`{e['sha256']}`" if e["sha256"] else "not published",
-                 f"`{e['config']}`" if e["config"] else "in the file", f"`{e['eval']}`"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-TABLE_START = "<!-- zoo table: generated from models/zoo.yaml by scripts/export_zoo.py; edit the registry -->"
-TABLE_END = "<!-- end of zoo table -->"
-
-
-def update_markdown(text, entries):
-    """`text` (MODEL_ZOO.md) with the table between its markers regenerated from `entries`."""
-    if TABLE_START not in text or TABLE_END not in text:
-        raise ZooError(f"MODEL_ZOO.md lacks the table markers {TABLE_START!r} and {TABLE_END!r}")
-    head, rest = text.split(TABLE_START, 1)
-    return head + TABLE_START + "\n" + markdown_table(entries) + TABLE_END + rest.split(TABLE_END, 1)[1]
-
-
-def _pct(value):
-    return "–" if value is None else f"{value:g}"

@@ -5,7 +5,7 @@ import os
 import re
 
 from . import published
-from .recipe import IGNORED, IGNORED_SECTIONS, SEED
+from .recipe import IGNORED, SEED
 from .runs import ResultsError, read_runs
 from .table import aggregate, assign_rows, build_table, group_runs, label, markdown, paper_table
 
@@ -13,7 +13,7 @@ CSV_FIELDS = ("source", "group", "row", "run", "norm", "gpus", "samples_per_gpu"
               "best_top1", "loss", "images", "epochs", "iterations", "using_bn", "world", "stat_groups", "train_time_s",
               "error", "arch", "depth", "variant", "num_classes", "width", "data_root")
 SN_TYPES = ("sn", "syncsn")
-IGNORED_TEXT = ", ".join(f"`{key}`" for key in [f"{section}.*" for section in IGNORED_SECTIONS] + list(IGNORED))
+IGNORED_TEXT = ", ".join(f"`{key}*`" if key.endswith(".") else f"`{key}`" for key in IGNORED)
 
 
 def collect(runs_dir, out=None, metric="top1", reference=None, sn_run=None, log=print):

@@ -6,11 +6,11 @@ schema's default), less the keys placed elsewhere in the table and the keys that
 - placed elsewhere: the table (model.arch/depth/variant/num_classes/width/small_stem, data.root), the column
   (batch.gpus, batch.samples_per_gpu) and the row's normalizer (norm.type);
 - train.seed: the replicate axis, over which a cell averages;
-- log.*, checkpoint.*: where and how often the run wrote, and whether it resumed;
-- data.workers, data.max_bad_images: how images were loaded, and when too many unreadable ones fail the run;
-- train.max_iters: a run with final.json was not cut short by it, and one without shows no number;
-- norm.impl, train.compile, train.channels_last, train.deterministic: other kernels for the same arithmetic,
-  which move the numbers by rounding only, as a rerun does;
+- the keys configs/keys.py lists as runtime, bookkeeping and kernel keys (the resume check reads the same lists):
+  log.*, checkpoint.*, data.workers (where and how the run wrote and loaded), data.max_bad_images, train.max_iters
+  (a run with final.json was not cut short by it, and one without shows no number), norm.impl, train.compile,
+  train.channels_last, train.deterministic (other kernels for the same arithmetic, which move the numbers by
+  rounding only, as a rerun does);
 - norm.using_bn of SN at one sample per GPU: the trainer sets it false whatever was asked (engine/setting.py);
   the run joins the row of its other keys (norm.using_bn=true where the other SN runs differ in it), and its
   cell is marked `*`.
@@ -19,13 +19,13 @@ Every other key (lr, epochs, schedule, augmentation, precision, norm.* options, 
 """
 import dataclasses
 
+from configs.keys import BOOKKEEPING_KEYS, KERNEL_KEYS, RUNTIME_KEYS, matches
 from configs.schema import Config
 
 PLACED = {"model.arch", "model.depth", "model.variant", "model.num_classes", "model.width", "model.small_stem",
           "data.root", "batch.gpus", "batch.samples_per_gpu", "norm.type"}
-IGNORED_SECTIONS = ("log", "checkpoint")
-IGNORED = ("data.workers", "data.max_bad_images", "train.max_iters", "norm.impl", "train.compile",
-           "train.channels_last", "train.deterministic")
+SECTIONS = ("log.", "checkpoint.")  # every key of these sections, later ones too
+IGNORED = SECTIONS + tuple(k for k in RUNTIME_KEYS + BOOKKEEPING_KEYS + KERNEL_KEYS if not matches(k, SECTIONS))
 SEED = "train.seed"
 
 
@@ -56,7 +56,7 @@ def recipe(config):
     flat = {**DEFAULTS, **flatten(config)}
     ruled = {"norm.using_bn"} if (flat["norm.type"], flat["batch.samples_per_gpu"]) == ("sn", 1) else set()
     return {key: value for key, value in flat.items()
-            if key not in PLACED | set(IGNORED) | {SEED} | ruled and key.split(".")[0] not in IGNORED_SECTIONS}
+            if key not in PLACED | {SEED} | ruled and not matches(key, IGNORED)}
 
 
 def text(value):

@@ -1,11 +1,9 @@
 """Read training run folders (config.yaml, final.json) into plain records, without torch."""
-import json
 import os
 from dataclasses import dataclass, field
 
-import yaml
-
 from configs.schema import DataConfig, ModelConfig, NormConfig, TrainConfig
+from engine import run_folder
 
 from .recipe import recipe
 
@@ -78,7 +76,7 @@ def read_runs(root):
     runs = []
     for folder, subdirs, files in os.walk(root):
         subdirs.sort()
-        if "config.yaml" in files:
+        if run_folder.CONFIG_NAME in files:
             runs.append(read_run(folder, os.path.relpath(folder, root)))
             subdirs[:] = []  # a run's own subfolders (tb/) hold no runs
     return sorted(runs, key=lambda r: r.name)
@@ -86,17 +84,14 @@ def read_runs(root):
 
 def read_run(folder, name=None):
     """One run folder: its resolved config and, when present, final.json."""
-    cfg = _read(os.path.join(folder, "config.yaml"), yaml.safe_load, "YAML")
+    try:
+        cfg = run_folder.read_config(folder)
+        final = run_folder.read_final(folder)
+    except run_folder.RunFolderError as e:
+        raise ResultsError(str(e)) from None
     model, norm, batch, data, train = (_section(cfg, key, folder)
                                        for key in ("model", "norm", "batch", "data", "train"))
-    final_path = os.path.join(folder, "final.json")
-    final = _read(final_path, json.loads, "JSON") if os.path.exists(final_path) else None
-    if final is not None and not isinstance(final, dict):
-        raise ResultsError(f"{final_path}: expected a JSON object, got {type(final).__name__}")
-    if final is None:
-        status = INCOMPLETE
-    else:  # final.json from before the trainer recorded a status holds only a finished run's metrics
-        status = str(final.get("status", "finished" if "top1" in final else "unknown"))
+    status = INCOMPLETE if final is None else run_folder.final_status(final)
     key = ModelKey(arch=model.get("arch", ModelConfig.arch), depth=model.get("depth", ModelConfig.depth),
                    variant=model.get("variant", ModelConfig.variant),
                    num_classes=model.get("num_classes", ModelConfig.num_classes),
@@ -111,15 +106,6 @@ def read_run(folder, name=None):
                norm=str(norm.get("type", NormConfig.type)), gpus=gpus, samples_per_gpu=per_gpu,
                using_bn=bool(norm.get("using_bn", NormConfig.using_bn)), status=status, final=final or {},
                recipe=recipe(cfg), seed=train.get("seed", TrainConfig.seed))
-
-
-def _read(path, parse, kind):
-    try:
-        with open(path) as f:
-            return parse(f.read())
-    except (ValueError, yaml.YAMLError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ResultsError(f"{path}: not valid {kind} ({first}); fix or remove the file") from None
 
 
 def _section(cfg, key, folder):

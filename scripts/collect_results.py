@@ -8,12 +8,9 @@ replicates, runs whose config.yaml agree except for the seed and keys that do no
 other recipes get rows of their own (results/recipe.py).
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from results import ResultsError, collect  # noqa: E402
+from results import ResultsError, collect
 
 
 def main(argv=None):

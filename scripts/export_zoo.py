@@ -13,19 +13,18 @@ Top-1/top-5 come from the run's final.json when the checkpoint is the run's fina
 import argparse
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import norms
+from configs import Config, from_dict
+from engine import run_folder
+from engine.cli import USER_ERRORS, error_line
+from models import build_model, load_strict, zoo
+from models.checkpoints import check_classes, load_file
+from results import zoo_markdown
 
-import norms  # noqa: E402
-from configs import Config, from_dict  # noqa: E402
-from engine.checkpoint import atomic_write  # noqa: E402
-from engine.distributed import USER_ERRORS, error_line  # noqa: E402
-from models import build_model, load_strict, zoo  # noqa: E402
-from models.checkpoints import check_classes, load_file  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv):
@@ -61,12 +60,9 @@ def final_metrics(checkpoint, step, args):
     """(top1, top5, warning or None): the flags, else final.json's when the checkpoint is the run's last one."""
     if args.top1 is not None or args.top5 is not None:
         return args.top1, args.top5, None
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "final.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            final = json.load(f)
-        if final.get("status", "finished") == "finished" and final.get("iterations") == step:
-            return final.get("top1"), final.get("top5"), None
+    final = run_folder.read_final(os.path.dirname(os.path.abspath(checkpoint)))
+    if final is not None and run_folder.final_status(final) == "finished" and final.get("iterations") == step:
+        return final.get("top1"), final.get("top5"), None
     return None, None, (f"warning: {checkpoint} is not the finished run's last checkpoint (or final.json is missing): "
                         "no top-1/top-5 recorded; pass --top1/--top5 (e.g. from eval.py on this checkpoint)")
 
@@ -102,7 +98,7 @@ def plan(args):
         raise zoo.ZooError(f"{path} exists with sha256 {old}, the export has {digest}; pass --force to replace it")
     markdown = args.zoo_md or (os.path.join(REPO, "MODEL_ZOO.md")
                                if os.path.abspath(args.registry) == zoo.REGISTRY else None)
-    table = zoo.update_markdown(_read(markdown), entries) if markdown else None
+    table = zoo_markdown.update_markdown(_read(markdown), entries) if markdown else None
     return path, data, entry, entries, markdown, table, warning
 
 
@@ -115,11 +111,11 @@ def main(argv=None):
         return 2
     if warning:
         print(warning, file=sys.stderr)
-    atomic_write(path, lambda f: f.write(data))
+    run_folder.atomic_write(path, lambda f: f.write(data))
     text = zoo.registry_text(entries)
-    atomic_write(args.registry, lambda f: f.write(text.encode()))
+    run_folder.atomic_write(args.registry, lambda f: f.write(text.encode()))
     if markdown:
-        atomic_write(markdown, lambda f: f.write(table.encode()))
+        run_folder.atomic_write(markdown, lambda f: f.write(table.encode()))
     print(f"wrote {path} (sha256 {entry['sha256']}); entry '{args.name}' in {args.registry}"
           + (f" and {markdown}" if markdown else "") + f"\nevaluate with: {entry['eval']}")
     return 0

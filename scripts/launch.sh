@@ -32,7 +32,7 @@ if [ -z "$NPROC" ]; then
   NPROC=$("$PYTHON" - "$CONFIG" "$@" <<'EOF'
 import sys
 from configs import ConfigError
-from engine.sweep import launch_nproc
+from launch.sweep import launch_nproc
 try:
     print(launch_nproc(sys.argv[1], sys.argv[2:]))
 except ConfigError as e:

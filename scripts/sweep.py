@@ -16,12 +16,12 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from configs import ConfigError
+from engine.setting import effective_setting
+from launch import slurm
+from launch import sweep as sw
 
-from configs import ConfigError  # noqa: E402
-from engine import sweep as sw  # noqa: E402
-from engine.setting import apply_setting_rules, resolve_setting  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv):
@@ -105,10 +105,8 @@ def run(args):
         elif cell.run_name in queued:
             print(f"skip {cell.run_name}: Slurm job {queued[cell.run_name]} is still queued or running")
         else:
-            workers = cfg.data.workers
-            cfg, notes = apply_setting_rules(cfg)
-            todo.append((cell, shape, "; ".join([resolve_setting(cfg.batch, cfg.optim.lr, world).describe()] + notes),
-                         workers))
+            _, setting, notes = effective_setting(cfg, world)
+            todo.append((cell, shape, "; ".join([setting.describe()] + notes), cfg.data.workers))
     if not todo:
         print("nothing to run")
         return 0
@@ -133,7 +131,7 @@ def _queued(out):
     if not shutil.which("squeue"):  # only a dry run gets this far without squeue
         print("note: squeue is not on PATH, so this dry run cannot tell which cells are still queued")
         return {}
-    return sw.queued_runs(registry, [line.strip() for line in _squeue()])
+    return slurm.queued_runs(registry, [line.strip() for line in _squeue()])
 
 
 def _run_local(args, todo):
@@ -182,9 +180,9 @@ def _submit(args, sweep, out, todo, gpus_per_node):
         cpus = args.cpus_per_proc or (1 if gpus_per_node == 0 else max(w for _, _, w in members) + 1)
         export = {"REPO": REPO, "PYTHON": args.python, "PROCS_PER_NODE": str(shape.procs_per_node),
                   **({"FORCE": "1"} if args.force else {})}
-        cells_file = sw.write_cells_file(folder, job_name, cells) if not args.dry_run else \
+        cells_file = slurm.write_cells_file(folder, job_name, cells) if not args.dry_run else \
             os.path.join(folder, f"{job_name}-XXXXXXXX.cells")
-        cmd = sw.sbatch_command(cells_file, len(members), shape, job_name, os.path.join(folder, "logs"),
+        cmd = slurm.sbatch_command(cells_file, len(members), shape, job_name, os.path.join(folder, "logs"),
                                 gpus_per_node, cpus, args.partition, args.time, args.sbatch_arg, export)
         print(f"{'would submit' if args.dry_run else 'submit'} {len(members)} cell(s) on {shape.nodes} node(s) x "
               f"{shape.procs_per_node} process(es): {sw.command_line(cmd)}")
@@ -198,8 +196,8 @@ def _submit(args, sweep, out, todo, gpus_per_node):
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode:
             raise sw.SweepError(f"sbatch failed ({res.returncode}): {res.stderr.strip()}")
-        job_id = sw.parse_job_id(res.stdout)
-        sw.record_jobs(os.path.join(folder, "jobs.tsv"), job_id, cells)
+        job_id = slurm.parse_job_id(res.stdout)
+        slurm.record_jobs(os.path.join(folder, "jobs.tsv"), job_id, cells)
         submitted[job_id] = before
         print(f"submitted job array {job_id} ({job_name}, {len(members)} task(s)); logs: "
               f"{os.path.join(folder, 'logs', f'{job_name}-{job_id}_<task>.out')}", flush=True)

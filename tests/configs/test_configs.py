@@ -104,24 +104,24 @@ def test_file_errors(tmp_path):
 
 
 def test_paper_table_sweep_covers_every_cell_with_the_paper_recipe(tmp_path):
-    from engine.setting import apply_setting_rules, resolve_setting
-    from engine.sweep import expand, load_cell_config, load_sweep
+    from engine.setting import effective_setting
+    from launch.sweep import expand, load_cell_config, load_sweep
     cells = expand(load_sweep(str(ROOT / "sweeps" / "paper_table.yaml")), str(tmp_path))
     settings = [(8, 32), (8, 16), (8, 8), (8, 4), (8, 2), (1, 16), (1, 32), (8, 1), (1, 8)]
     want = {f"resnet50_v1_{n}_{g}x{b}": (n, g, b) for n in ("bn", "gn", "sn") for g, b in settings}
     assert sorted(c.run_name for c in cells) == sorted(want)
     for cell in cells:
         norm, g, b = want[cell.run_name]
-        cfg, _ = apply_setting_rules(load_cell_config(cell))
+        cfg, setting, _ = effective_setting(load_cell_config(cell))
         assert (cfg.norm.type, cfg.batch.gpus, cfg.batch.samples_per_gpu) == (norm, g, b)
         assert (cfg.model.depth, cfg.model.variant, cfg.train.epochs, cfg.schedule.milestones) == (50, "v1", 100, [30, 60, 90])
-        assert resolve_setting(cfg.batch, cfg.optim.lr, g).lr == pytest.approx(0.1 * g * b / 256)
+        assert setting.lr == pytest.approx(0.1 * g * b / 256) and setting.world == g
         assert cfg.norm.using_bn == (not (norm == "sn" and b == 1))  # the paper's SN (8, 1) is IN + LN
         assert cfg.log.name == cell.run_name and cfg.log.out_dir == str(tmp_path)
 
 
 def test_mini_sweep_holds_the_total_batch_and_varies_the_statistics_batch(tmp_path):
-    from engine.sweep import expand, load_cell_config, load_sweep
+    from launch.sweep import expand, load_cell_config, load_sweep
     cells = expand(load_sweep(str(ROOT / "sweeps" / "fashion_mnist_mini.yaml")), str(tmp_path))
     configs = [load_cell_config(c) for c in cells]
     assert len(cells) == 12 and {c.batch.total for c in configs} == {32}

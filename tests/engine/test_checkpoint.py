@@ -53,7 +53,7 @@ def test_weights_only_refuses_code(tmp_path):
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
-    from engine.checkpoint import remove_stale_temporaries
+    from engine.run_folder import remove_stale_temporaries
     (tmp_path / ".tmp-abc").write_bytes(b"x")
     (tmp_path / "checkpoint_000000001.pt").write_bytes(b"keep")
     (tmp_path / "notes.tmp").write_bytes(b"keep")
@@ -103,9 +103,10 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_says_so(tmp_path):
 
 
 def test_read_only_folder_gives_one_line(tmp_path):
+    from engine.run_folder import write_final
     with small_disk(tmp_path / "ro", "64k", readonly=True) as disk:
         with pytest.raises(ckpt.RunFolderError, match="Read-only file system; choose a writable log.out_dir"):
-            ckpt.atomic_json({"a": 1}, disk / "run" / "final.json")
+            write_final(disk / "run", {"status": "finished"})
 
 
 def test_which_config_changes_a_resume_refuses():

@@ -79,3 +79,89 @@ def test_event_file_is_cut_before_later_steps_and_torn_records(tmp_path, cut):
 def test_lock_file_in_an_unwritable_place_gives_one_line():
     with pytest.raises(RunFolderError, match="cannot write the run folder /proc/no_such_run"):
         RunLock("/proc/no_such_run")
+
+
+# ----- the contract: config.yaml and final.json -------------------------------------------------
+def test_final_json_carries_its_schema_and_reads_back(tmp_path):
+    from engine import run_folder
+    run_folder.write_final(str(tmp_path), {"status": "finished", "top1": 12.5})
+    assert json.loads((tmp_path / "final.json").read_text()) == {"schema": 1, "status": "finished", "top1": 12.5}
+    assert run_folder.read_final(str(tmp_path)) == {"schema": 1, "status": "finished", "top1": 12.5}
+    assert run_folder.read_final(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("record, status", [({"top1": 1.0}, "finished"), ({"status": "diverged"}, "diverged"),
+                                            ({"error": "x"}, "unknown")])
+def test_final_json_without_a_schema_is_schema_0_and_accepted(tmp_path, record, status):
+    from engine import run_folder
+    (tmp_path / "final.json").write_text(json.dumps(record))
+    assert run_folder.final_status(run_folder.read_final(str(tmp_path))) == status
+
+
+@pytest.mark.parametrize("schema", [2, -1, "1", None])
+def test_final_json_of_an_unknown_schema_is_one_line_naming_it(tmp_path, schema):
+    from engine import run_folder
+    (tmp_path / "final.json").write_text(json.dumps({"schema": schema, "status": "finished"}))
+    with pytest.raises(RunFolderError) as caught:
+        run_folder.read_final(str(tmp_path))
+    message = str(caught.value)
+    assert f"final.json schema {schema!r} is not one this code reads (0 to 1)" in message and "\n" not in message
+
+
+def test_the_collector_and_the_sweep_read_final_json_through_the_contract(tmp_path):
+    from engine import run_folder
+    from launch.sweep import Cell
+    from results import ResultsError, read_run
+    run_folder.write_config(str(tmp_path), {"batch": {"gpus": 1, "samples_per_gpu": 2}})
+    (tmp_path / "final.json").write_text(json.dumps({"schema": 2, "status": "finished"}))
+    with pytest.raises(ResultsError, match="schema 2 is not one this code reads"):
+        read_run(str(tmp_path))
+    cell = Cell("run", "cfg.yaml", (), str(tmp_path))
+    assert cell.finished() and cell.final_status() == "unreadable"
+    run_folder.write_final(str(tmp_path), {"status": "diverged"})
+    assert read_run(str(tmp_path)).status == "diverged" and cell.final_status() == "diverged"
+
+
+def test_config_yaml_reads_back_and_a_malformed_one_is_one_line(tmp_path):
+    from engine import run_folder
+    config = {"model": {"depth": 18}, "optim": {"lr": 0.1, "milestones": [30, 60]}}
+    run_folder.write_config(str(tmp_path), config)
+    assert run_folder.read_config(str(tmp_path)) == config
+    (tmp_path / "config.yaml").write_text("model: [\n")
+    with pytest.raises(RunFolderError, match=r"config.yaml: not valid YAML \(.*\); fix or remove the file$"):
+        run_folder.read_config(str(tmp_path))
+
+
+def test_checkpoint_names_sort_by_step_and_ignore_other_files(tmp_path):
+    from engine import run_folder
+    for step in (5, 120, 30):
+        open(run_folder.checkpoint_path(str(tmp_path), step), "w").close()
+    for other in ("checkpoint_12.pt", "best.pt", "checkpoint_000000007.pt.tmp"):
+        (tmp_path / other).write_text("")
+    found = run_folder.list_checkpoints(str(tmp_path))
+    assert [os.path.basename(p) for p in found] == [f"checkpoint_{s:09d}.pt" for s in (120, 30, 5)]
+    assert [run_folder.step_of(p) for p in found] == [120, 30, 5]
+
+
+# ----- resuming without tensorboardX ------------------------------------------------------------
+@pytest.fixture
+def no_tensorboardx(monkeypatch):
+    """Importing tensorboardX (or any of its modules) raises ImportError, as on a machine without it."""
+    for name in [n for n in sys.modules if n == "tensorboardX" or n.startswith("tensorboardX.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+
+
+@pytest.mark.parametrize("tensorboard", [False, True], ids=["logging_off", "logging_on"])
+def test_a_resume_without_tensorboardx_skips_the_event_files(tmp_path, no_tensorboardx, tensorboard):
+    from engine.logger import RunLogger
+    events = tmp_path / "tb" / "events.out.tfevents.1.host"
+    events.parent.mkdir()
+    events.write_bytes(b"written by an earlier run")
+    logger = RunLogger(str(tmp_path), True, tensorboard)
+    note = logger.open(5)
+    logger.scalars(6, {"loss": 1.0}, "train")
+    logger.close()
+    assert events.read_bytes() == b"written by an earlier run"
+    assert (note is not None and "tensorboardX is not installed" in note) == tensorboard
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [6]

@@ -1,5 +1,4 @@
 """The zoo registry: the published entries, validation errors, name resolution, file location and sha256 checks."""
-import copy
 import hashlib
 import os
 import re
@@ -176,14 +175,3 @@ def test_upsert_keeps_order_and_refuses_another_hash(tmp_path):
     path = tmp_path / "zoo.yaml"
     path.write_text(zoo.registry_text(added))
     assert zoo.load_registry(str(path)) == added and path.read_text().startswith("# The model zoo registry")
-
-
-def test_markdown_table_is_regenerated_between_markers():
-    entries = zoo.load_registry() + [entry()]
-    text = f"intro\n{zoo.TABLE_START}\nold table\n{zoo.TABLE_END}\noutro\n"
-    updated = zoo.update_markdown(text, entries)
-    assert updated.startswith("intro\n") and updated.endswith(f"{zoo.TABLE_END}\noutro\n")
-    assert "old table" not in updated and "| `tiny` | this repository |" in updated and "0" * 64 in updated
-    with pytest.raises(zoo.ZooError, match="markers"):
-        zoo.update_markdown("no markers", entries)
-    assert copy.deepcopy(entries) == entries

@@ -11,7 +11,8 @@ import pytest
 
 from tests.engine.tiny import REPO, make_image_folder, write_config
 from tests.scripts.slurm_cluster import job_fields, running_cluster
-from engine import sweep as sw
+from launch import slurm
+from launch import sweep as sw
 from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_background, sweep_cli, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
@@ -113,7 +114,7 @@ def test_time_limit_signal_requeues_one_array_task_which_resumes_to_the_end(clus
         f"train.epochs={epochs}", "checkpoint.every_iters=10", "checkpoint.every_epochs=0", "train.eval_every=10",
         "log.print_every=20", "log.tensorboard=false"])
     cells = sw.expand(sw.load_sweep(sweep), str(tmp_path / "runs"))
-    cells_file = sw.write_cells_file(str(tmp_path / "cells"), "tiny", cells)
+    cells_file = slurm.write_cells_file(str(tmp_path / "cells"), "tiny", cells)
     # one CPU per task, so that both tasks run at once; two processes each (Slurm does not bind them here)
     job = cluster.client(["sbatch", "--parsable", "--array=0-1", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1",
                           f"--output={tmp_path}/task_%a.out", "--export=ALL,PROCS_PER_NODE=2", SBATCH_SCRIPT, "--cells",

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from configs import load_config
-from engine import sweep as sw
+from launch import slurm
+from launch import sweep as sw
 from tests.engine.tiny import REPO
 from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_cli, write_sweep
 
@@ -151,9 +152,9 @@ def test_launch_nproc_is_the_largest_divisor_of_the_gpus_that_fits(tmp_path, gpu
 def test_cells_file_lines_hold_the_train_arguments(tmp_path):
     cells = sw.expand(sw.load_sweep(write_yaml(tmp_path, SWEEP.replace("optim.lr=0.2", "'schedule.milestones=[1, 2]'"))),
                       str(tmp_path / "o"))
-    path = sw.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells)
+    path = slurm.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells)
     # two files in the same second under the same job name: distinct files, neither overwritten
-    other = sw.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells[:1])
+    other = slurm.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells[:1])
     assert other != path and sorted(os.listdir(tmp_path / "sub")) == sorted(map(os.path.basename, (path, other)))
     assert os.path.basename(path).startswith("table-1x8-") and path.endswith(".cells")
     assert len(open(other).read().splitlines()) == 1
@@ -164,16 +165,16 @@ def test_cells_file_lines_hold_the_train_arguments(tmp_path):
         assert out.stdout.splitlines() == [cell.run_name, cell.config, *cell.overrides]
     tabbed = [sw.Cell("x", "c.yaml", ("a=1\t2",), "d")]
     with pytest.raises(sw.SweepError, match="holds a tab or newline"):
-        sw.write_cells_file(str(tmp_path / "sub"), "t", tabbed)
+        slurm.write_cells_file(str(tmp_path / "sub"), "t", tabbed)
 
 
 def test_queued_runs_come_from_the_registry_and_squeue(tmp_path):
     registry = str(tmp_path / "jobs.tsv")
     cells = [sw.Cell(n, "c", (), "d") for n in ("a", "b", "c")]
-    sw.record_jobs(registry, "41", cells[:2])
-    sw.record_jobs(registry, "57", cells[2:])
-    assert sw.queued_runs(registry, ["41_1", "57_0", "99_0"]) == {"b": "41_1", "c": "57_0"}
-    assert sw.parse_job_id("123;cluster\n") == "123"
+    slurm.record_jobs(registry, "41", cells[:2])
+    slurm.record_jobs(registry, "57", cells[2:])
+    assert slurm.queued_runs(registry, ["41_1", "57_0", "99_0"]) == {"b": "41_1", "c": "57_0"}
+    assert slurm.parse_job_id("123;cluster\n") == "123"
 
 
 def test_dry_run_prints_groups_commands_and_the_trainers_setting_line(tmp_path):

@@ -1,20 +1,20 @@
 """Sweep files: expand their axes into training cells and work out how each cell is launched.
 
 A sweep file names a config template, a run-name template, axes whose product gives the cells, and
-overrides for every cell (see README, "Sweeps"). Nothing here starts a process; scripts/sweep.py does.
+overrides for every cell (see README, "Sweeps"). Nothing here starts a process; scripts/sweep.py does,
+with launch/slurm.py's job arrays or scripts/launch.sh.
 """
 import fnmatch
 import itertools
-import json
 import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass, field
 
 import yaml
 
 from configs import ConfigError, load_config, read_yaml
+from engine import run_folder
 
 KEYS = ("name", "config", "run_name", "axes", "overrides")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -22,7 +22,6 @@ SETTING = re.compile(r"(\d+)x(\d+)")
 RUN_NAME = re.compile(r"[\w.+=,@-]+")
 SWEEP_OWNED = ("log.out_dir", "log.name")     # every cell's run folder comes from --out and run_name
 SETTING_OWNED = ("batch.gpus", "batch.samples_per_gpu")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class SweepError(ValueError):
@@ -65,16 +64,16 @@ class Cell:
         return ["--config", self.config, *self.overrides]
 
     def final_json(self):
-        return os.path.join(self.run_dir, "final.json")
+        return os.path.join(self.run_dir, run_folder.FINAL_NAME)
 
     def finished(self):
         """final.json exists: the trainer wrote it at the end (status finished or diverged)."""
         return os.path.isfile(self.final_json())
 
     def final_status(self):
+        """What final.json says (finished, diverged), or 'unreadable' for a file the collector would refuse."""
         try:
-            with open(self.final_json()) as f:
-                return json.load(f).get("status", "finished")
+            return run_folder.final_status(run_folder.read_final(self.run_dir)) or "missing"
         except (OSError, ValueError):
             return "unreadable"
 
@@ -242,80 +241,6 @@ def launch_nproc(config, overrides, visible_gpus=None):
         import torch
         visible_gpus = torch.cuda.device_count()
     return largest_divisor_at_most(gpus, visible_gpus) if visible_gpus else 1
-
-
-# ----- Slurm ------------------------------------------------------------------------------------
-def cells_lines(cells):
-    """One tab-separated line per cell (run name, config, overrides), read by train.sbatch --cells."""
-    lines = []
-    for cell in cells:
-        fields = [cell.run_name, cell.config, *cell.overrides]
-        bad = next((f for f in fields if "\t" in f or "\n" in f), None)
-        if bad is not None:
-            raise SweepError(f"cell {cell.run_name}: {bad!r} holds a tab or newline, which a cells file cannot carry")
-        lines.append("\t".join(fields))
-    return "\n".join(lines) + "\n"
-
-
-def write_cells_file(folder, job_name, cells):
-    """A new cells file in folder (a still-pending array keeps reading the file it was given); returns its path."""
-    text = cells_lines(cells)
-    os.makedirs(folder, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=f"{job_name}-", suffix=".cells", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return path
-
-
-def sbatch_command(cells_file, count, shape, job_name, log_dir, gpus_per_node, cpus_per_proc=None,
-                   partition=None, time=None, extra=(), export=None):
-    """The sbatch argv submitting one job array over a cells file; export: variables the job gets."""
-    # explicit --export/--chdir: sites that set SBATCH_EXPORT=NONE would drop REPO, PYTHON, PROCS_PER_NODE
-    for key, value in (export or {}).items():
-        if "," in value:
-            raise SweepError(f"{key}={value} holds a comma, which sbatch --export cannot carry; "
-                             "use a path without commas")
-    cmd = ["sbatch", "--parsable", f"--job-name={job_name}", f"--array=0-{count - 1}", f"--nodes={shape.nodes}",
-           "--ntasks-per-node=1", f"--output={os.path.join(log_dir, '%x-%A_%a.out')}", f"--chdir={REPO}",
-           "--export=" + ",".join(["ALL"] + [f"{k}={v}" for k, v in (export or {}).items()])]
-    if gpus_per_node:
-        cmd.append(f"--gpus-per-node={shape.procs_per_node}")
-    if cpus_per_proc:
-        cmd.append(f"--cpus-per-task={cpus_per_proc * shape.procs_per_node}")
-    if partition:
-        cmd.append(f"--partition={partition}")
-    if time:
-        cmd.append(f"--time={time}")
-    return cmd + list(extra) + [os.path.join(REPO, "scripts", "slurm", "train.sbatch"), "--cells", cells_file]
-
-
-def parse_job_id(sbatch_stdout):
-    """sbatch --parsable prints 'jobid' or 'jobid;cluster'."""
-    text = sbatch_stdout.strip().split(";")[0]
-    if not text.isdigit():
-        raise SweepError(f"sbatch printed {sbatch_stdout.strip()!r}, not a job id")
-    return text
-
-
-def record_jobs(registry, job_id, cells):
-    """Append array task -> run name lines, so a later sweep sees which cells are still queued or running."""
-    os.makedirs(os.path.dirname(registry), exist_ok=True)
-    with open(registry, "a") as f:
-        f.writelines(f"{job_id}_{i}\t{cell.run_name}\n" for i, cell in enumerate(cells))
-
-
-def queued_runs(registry, squeue_ids):
-    """Run name -> array task id, for recorded tasks that squeue still lists (pending, running, requeued)."""
-    if not os.path.isfile(registry):
-        return {}
-    active = set(squeue_ids)
-    out = {}
-    with open(registry) as f:
-        for line in f:
-            task, _, run_name = line.rstrip("\n").partition("\t")
-            if task in active:
-                out[run_name] = task
-    return out
 
 
 def command_line(argv, env=None):
