@@ -42,8 +42,9 @@ def parse_args(argv):
     parser.add_argument("--zoo-registry", metavar="FILE", default=zoo.REGISTRY, help="default: models/zoo.yaml")
     parser.add_argument("--data", help="dataset root holding the val split (default: the config's data.root)")
     parser.add_argument("--config", help="config for checkpoints that carry none")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=100, help="images per batch on each process (default 100)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loader worker processes per process (default: the config's data.workers)")
     parser.add_argument("--save-logits", metavar="FILE", help="write logits and targets in dataset order")
     parser.add_argument("--json", action="store_true", help="print one final JSON line")
     parser.add_argument("--recalibrate", type=_non_negative, default=0, metavar="N",

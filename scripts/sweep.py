@@ -47,7 +47,7 @@ def parse_args(argv):
     p.add_argument("--cpus-per-proc", type=int,
                    help="CPUs to request per process (default: 1 on CPU-only clusters; with GPUs, the largest "
                         "data.workers among the shape's cells + 1, for the loader workers and the trainer)")
-    p.add_argument("--partition")
+    p.add_argument("--partition", help="Slurm partition to submit to (default: the cluster's default partition)")
     p.add_argument("--time", help="time limit per run, sbatch syntax (e.g. 1-00:00:00)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
                    help="passed to sbatch as is (repeatable; write --sbatch-arg=--qos=high)")

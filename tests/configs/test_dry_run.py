@@ -1,8 +1,9 @@
 """train.py --dry-run refuses what training would refuse, in one line with exit code 2, and resolve_setting's
 world checks (Slurm's train.sbatch runs --dry-run before any node starts)."""
 import pytest
+import yaml
 
-from configs import BatchConfig
+from configs import BatchConfig, load_config, to_dict
 from engine.setting import resolve_setting
 from tests.engine.tiny import run, write_config
 
@@ -68,3 +69,15 @@ def test_dry_run_builds_with_the_emulated_setting_and_keeps_its_output(config):
     proc = run("train.py", ["--config", config, "--dry-run", "--world", "2", "norm.type=gn", "norm.groups=2"])
     assert "setting (4, 2) on 2 process(es): total batch 8, 4 samples per process" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("run folder: ")
+
+
+def test_dry_run_prints_the_setting_then_its_notes_then_the_config_then_the_run_folder(config, tmp_path):
+    proc = run("train.py", ["--config", config, "--dry-run", "batch.samples_per_gpu=1"])
+    lines = proc.stdout.rstrip().splitlines()
+    assert lines[0] == ("setting (4, 1) on 4 process(es): total batch 4, 1 samples per process, statistics over 1 "
+                        "samples, lr 0.0078125")
+    assert lines[1] == "one sample per GPU: SN drops its BN branch (using_bn=False), as the paper did"
+    # what training saves as config.yaml: the config with the paper's rule for SN at one sample per GPU
+    expected = to_dict(load_config(config, ["batch.samples_per_gpu=1", "norm.using_bn=false"]))
+    assert yaml.safe_load("\n".join(lines[2:-1])) == expected
+    assert lines[-1] == f"run folder: {tmp_path / 'runs' / 'run'}"
