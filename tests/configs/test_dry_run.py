@@ -65,6 +65,7 @@ def test_dry_run_builds_the_norm_and_the_model(config, overrides, message):
     assert one_line_error(proc).startswith(message) and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_dry_run_builds_with_the_emulated_setting_and_keeps_its_output(config):
     proc = run("train.py", ["--config", config, "--dry-run", "--world", "2", "norm.type=gn", "norm.groups=2"])
     assert "setting (4, 2) on 2 process(es): total batch 8, 4 samples per process" in proc.stdout

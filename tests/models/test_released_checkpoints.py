@@ -117,6 +117,7 @@ def run(request, tmp_path_factory):
 
 # --------------------------------------------------------------------------- 1. logits
 
+@pytest.mark.slow
 def test_checkpoint_is_in_the_released_format(run):
     raw = run["raw"]
     assert raw and all(k.startswith("module.") for k in raw)
@@ -124,11 +125,13 @@ def test_checkpoint_is_in_the_released_format(run):
     assert models.released_sn_options(raw) == {"using_bn": True}
 
 
+@pytest.mark.slow
 def test_eval_logits_match_released_model(run):
     """Eval mode: IN/LN from the sample, BN branch from the loaded running statistics."""
     assert_same_logits(run["eval_ours"], run["eval_ref"])
 
 
+@pytest.mark.slow
 def test_train_logits_match_released_model(run):
     """Training mode: BN branch from the batch of 4 (dropout, the only random layer, switched off)."""
     assert_same_logits(run["train_ours"], run["train_ref"])
@@ -138,6 +141,7 @@ def test_train_logits_match_released_model(run):
 
 # --------------------------------------------------------------------------- 4. running statistics
 
+@pytest.mark.slow
 def test_running_stat_update_matches_released_convention(run):
     """One training forward: released momentum 0.997 (their convention) == repository momentum 0.003."""
     loaded, after, expected = run["buffers_loaded"], run["buffers_ours"], run["buffers_ref"]
@@ -151,6 +155,7 @@ def test_running_stat_update_matches_released_convention(run):
 
 # --------------------------------------------------------------------------- 2. the (8,1) model
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, depth", [("v1", 50), ("v2", 18)], ids=["v1-50", "v2-18"])
 def test_released_checkpoint_without_bn_branch(variant, depth, tmp_path):
     """The (8,1) release (using_bn=False): 2 logits per norm, no running stats; loads and matches."""

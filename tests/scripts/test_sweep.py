@@ -177,6 +177,7 @@ def test_queued_runs_come_from_the_registry_and_squeue(tmp_path):
     assert slurm.parse_job_id("123;cluster\n") == "123"
 
 
+@pytest.mark.slow
 def test_dry_run_prints_groups_commands_and_the_trainers_setting_line(tmp_path):
     for norm, workers in (("bn", 2), ("sn", 5)):
         (tmp_path / f"cfg_{norm}.yaml").write_text(f"norm: {{type: {norm}}}\noptim: {{lr: 0.1}}\n"
