@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from . import layers, network, pipeline, report, shapes, timing, trainer, variants
+from . import compiled, layers, network, pipeline, report, shapes, timing, trainer, variants
 
-SECTIONS = ("layers", "network", "pipeline")  # the default; "trainer" runs only when asked for
-CHOICES = SECTIONS + ("trainer",)
+SECTIONS = ("layers", "network", "pipeline")  # the default; "compile" and "trainer" run only when asked for
+CHOICES = SECTIONS + ("compile", "trainer")
 # Per device (and --quick) defaults: the full matrix on CUDA, a few minutes on a 2-core CPU, seconds for tests.
 DEFAULTS = {
     "cuda": dict(layer_batch=[32, 256], shape_size=224, precision=["fp32", "bf16"], repeats=10, warmup=3,
@@ -38,8 +38,20 @@ TRAINER = {
                   trainer_data="folder", trainer_images=None, trainer_size=32, trainer_depth=18, trainer_width=8,
                   trainer_workers=1, trainer_threads=1),
 }
-for _kind, _values in TRAINER.items():
-    DEFAULTS[_kind].update(_values)
+# The compile section's defaults: ResNet-50 in bf16 channels_last at 224 px on CUDA; on a 2-core CPU a batch
+# of 8 at 96 px in fp32, where compiling (minutes per variant) and not the steps dominates; seconds for tests
+# with TorchDynamo's graph capture only.
+COMPILE = {
+    "cuda": dict(compile_variants=["bn", "sn-fused", "gn-fused"], compile_batch=[32, 256], compile_size=224,
+                 compile_depth=50, compile_precision="bf16", compile_layout="channels_last",
+                 compile_backend="inductor"),
+    "cpu": dict(compile_variants=["bn", "sn-fused", "gn-fused"], compile_batch=[8], compile_size=96,
+                compile_depth=50, compile_precision="fp32", compile_layout="nchw", compile_backend="inductor"),
+    "quick": dict(compile_variants=["bn", "sn-fused"], compile_batch=[2], compile_size=32, compile_depth=18,
+                  compile_precision="fp32", compile_layout="nchw", compile_backend="eager"),
+}
+for _kind in DEFAULTS:
+    DEFAULTS[_kind].update(TRAINER[_kind], **COMPILE[_kind])
 
 
 def _list(kind, choices=None):
@@ -60,8 +72,8 @@ def parser():
                                 "pipeline; prints tables, --json writes every raw median and ratio.")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--what", type=_list(str, CHOICES), default=list(SECTIONS),
-                   help="sections, e.g. layers,network (default: layers,network,pipeline; trainer: train.py "
-                   "against a plain loop, only when named)")
+                   help="sections, e.g. layers,network (default: layers,network,pipeline; compile: eager against "
+                   "torch.compile, and trainer: train.py against a plain loop, only when named)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat (for tests)")
     p.add_argument("--repeats", type=int, help="timed repeats per variant (median reported)")
     p.add_argument("--warmup", type=int, help="untimed calls per variant before timing")
@@ -90,6 +102,15 @@ def parser():
     g.add_argument("--crop", type=int, default=224)
     g.add_argument("--cache-dir", default=pipeline.default_cache_dir(),
                    help="where the generated JPEG and PNG folders are kept")
+    g = p.add_argument_group("compile", "a ResNet training step of every variant eager and under torch.compile, "
+                             "interleaved; compile time apart")
+    g.add_argument("--compile-variants", type=_list(str, variants.VARIANTS), help="variants (must include bn)")
+    g.add_argument("--compile-batch", type=_list(int), help="images per step (CUDA 32,256; CPU 8)")
+    g.add_argument("--compile-size", type=int, help="image size (CUDA 224, CPU 96)")
+    g.add_argument("--compile-depth", type=int, choices=[18, 34, 50, 101, 152])
+    g.add_argument("--compile-precision", choices=list(layers.PRECISIONS), help="CUDA bf16, CPU fp32")
+    g.add_argument("--compile-layout", choices=list(layers.LAYOUTS), help="CUDA channels_last, CPU nchw")
+    g.add_argument("--compile-backend", choices=compiled.BACKENDS, help="torch.compile backend (default inductor)")
     g = p.add_argument_group("trainer", "train.py under torchrun against benchmarks/plain_loop.py (and --timm-train), "
                              "same model, data, batch, precision and processes; interleaved rounds")
     g.add_argument("--trainer-world", type=int, help="processes (CPU 2; CUDA: one per GPU, default every GPU)")
@@ -107,6 +128,8 @@ def parser():
     g.add_argument("--trainer-precision", choices=["fp32", "bf16"], default="fp32")
     g.add_argument("--trainer-workers", type=int, help="DataLoader workers per process")
     g.add_argument("--trainer-threads", type=int, help="OMP_NUM_THREADS of every process")
+    g.add_argument("--trainer-tensorboard", choices=["true", "false"], default="true",
+                   help="the trainer's log.tensorboard (false where tensorboardX is not installed)")
     g.add_argument("--timm-train", metavar="PATH", help="a copy of timm's train.py, run as a third program "
                    "(on the CPU it needs the one-line DDP patch in docs/performance.md)")
     return p
@@ -141,6 +164,10 @@ def settings(args):
         raise ValueError(f"--warmup must be >= 1 (the first call allocates and compiles), got {args.warmup}")
     if 0 in args.layer_batch or 0 in args.batch:
         raise ValueError("--layer-batch and --batch need values >= 1")
+    if variants.BASELINE not in args.compile_variants:
+        raise ValueError(f"--compile-variants must include {variants.BASELINE}: every ratio is taken against it")
+    if args.compile_size < 1 or 0 in args.compile_batch:
+        raise ValueError("--compile-size and --compile-batch need values >= 1")
     if "trainer" in args.what:
         trainer_settings(args)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
@@ -174,7 +201,7 @@ def trainer_settings(args):
         device=args.device, world=args.trainer_world, batch=args.trainer_batch, steps=args.trainer_steps,
         warmup=args.trainer_warmup, data=args.trainer_data, images=args.trainer_images, size=args.trainer_size,
         depth=args.trainer_depth, width=args.trainer_width, precision=args.trainer_precision,
-        workers=args.trainer_workers, threads=args.trainer_threads)
+        workers=args.trainer_workers, threads=args.trainer_threads, tensorboard=args.trainer_tensorboard == "true")
     if args.timm_train:
         trainer.timm_argv(args.trainer_setup, args.timm_train, "", "")
 
@@ -223,6 +250,20 @@ def run(args):
                                                 args.pipeline_batch, args.crop, args.workers, clock,
                                                 args.pipeline_repeats, 1, progress)
         print("\n" + report.pipeline_text(out["pipeline"]))
+    if "compile" in args.what:
+        resolved_compile = variants.resolve_all(args.compile_variants)
+        chosen = {n: v["factory"] for n, v in resolved_compile.items() if v["factory"]}
+        section = out["compile"] = {"repeats": args.repeats, "warmup": args.warmup,
+                                    "variants": variants.describe(resolved_compile), "runs": []}
+
+        def save(runs):  # a partial file after every batch size: compiling may outlast a time limit
+            section["runs"] = runs
+            if args.json:
+                write_json(args.json, out)
+        compiled.run_compile(device, chosen, args.compile_depth, args.compile_size, args.compile_batch,
+                             args.compile_precision, args.compile_layout, args.compile_backend, clock,
+                             args.repeats, args.warmup, progress, save)
+        print("\n" + report.compile_text(section))
     if "trainer" in args.what:
         out["trainer"] = trainer.run_trainer(args.trainer_setup, args.trainer_rounds, args.cache_dir,
                                              args.timm_train, progress=progress)

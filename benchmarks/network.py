@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 import models
 from configs.schema import OptimConfig
-from engine.evaluate import autocast
 from engine.optim import build_optimizer
+from engine.precision import autocast
 
 from .timing import interleaved
 from .variants import BASELINE
@@ -38,35 +38,58 @@ def build(factory, depth, batch, channels_last, compile, device, num_classes):
     return (torch.compile(model) if compile else model), optimizer
 
 
-def run_config(device, factories, depth, image_size, batch, precision, layout, compile, clock, repeats,
-               warmup, num_classes=1000):
-    """Steps/s, images/s and peak memory of every variant for one (precision, layout) setting."""
+def synthetic_batch(device, batch, image_size, layout, num_classes):
+    """(images, labels): a fixed random batch already on the device, in the layout's memory format."""
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.randn(batch, 3, image_size, image_size, generator=generator, device=device)
     if layout == "channels_last":
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch,), generator=generator, device=device)
+    return images, labels
+
+
+def measured_first_step(device, make, clock):
+    """(step, record): step = make() called once, timed, with the peak memory that model added on CUDA.
+
+    record: first_step_s and peak_memory_bytes (None on the CPU, with the reason in memory_note), or
+    {"error"} and step None when building or the first step raised (a variant under development must
+    not take the others down).
+    """
+    try:
+        # Memory is taken per model before the interleaved timing, counting only what this model added.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        step = make()
+        token = clock.start()
+        step()
+        record = {"first_step_s": clock.stop(token)}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            record.update(peak_memory_bytes=torch.cuda.max_memory_allocated(device) - before,
+                          memory_note="torch.cuda.max_memory_allocated over the model's build and first step, "
+                          "minus what was allocated before")
+        else:
+            record.update(peak_memory_bytes=None, memory_note=CPU_MEMORY_NOTE)
+        return step, record
+    except Exception as error:
+        return None, {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+
+
+def run_config(device, factories, depth, image_size, batch, precision, layout, compile, clock, repeats,
+               warmup, num_classes=1000):
+    """Steps/s, images/s and peak memory of every variant for one (precision, layout) setting."""
+    images, labels = synthetic_batch(device, batch, image_size, layout, num_classes)
     steps, out = {}, {}
     for name, factory in factories.items():
-        try:
-            # Memory is taken per variant before the interleaved timing, counting only what this model added.
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                before = torch.cuda.memory_allocated(device)
-                torch.cuda.reset_peak_memory_stats(device)
+        def make(factory=factory):
             net, optimizer = build(factory, depth, batch, layout == "channels_last", compile, device, num_classes)
-            steps[name] = train_step(net, optimizer, images, labels, precision)
-            steps[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                peak = torch.cuda.max_memory_allocated(device) - before
-                out[name] = {"peak_memory_bytes": peak, "memory_note": "torch.cuda.max_memory_allocated over the "
-                             "model's build and first step, minus what was allocated before"}
-            else:
-                out[name] = {"peak_memory_bytes": None, "memory_note": CPU_MEMORY_NOTE}
-        except Exception as error:  # a variant under development must not take the others down
-            steps.pop(name, None)
-            out[name] = {"error": f"{type(error).__name__}: {error}".splitlines()[0]}
+            return train_step(net, optimizer, images, labels, precision)
+        step, out[name] = measured_first_step(device, make, clock)
+        out[name].pop("first_step_s", None)
+        if step is not None:
+            steps[name] = step
     timed = interleaved(steps, clock, repeats, warmup - 1)  # the first step above was one warm-up step
     for name, t in timed.items():
         out[name].update(t)

@@ -133,7 +133,7 @@ def pipeline_text(section):
     rows = []
     for rec in section["cpu"]:
         steady = rec["images_per_s"]
-        rows.append([f"CPU workers (PIL decode, data/ transforms)", rec["workers"],
+        rows.append(["CPU workers (PIL decode, data/ transforms)", rec["workers"],
                      f"{steady:.1f}" if steady is not None else "n/a", f"{rec['images_per_s_with_startup']:.1f}"])
     gpu = section["gpu"]
     rows.append(["GPU (nvJPEG decode_jpeg + GPU augment)", "-",
@@ -171,3 +171,36 @@ def trainer_text(section):
             f"included\n"
             + table(["program", "timed steps", "images/s", "per round", "vs plain", "in-round", "wall s"], rows))
     return "\n".join([text] + [f"  note: {n}" for n in section["notes"]])
+
+
+def _gib(nbytes):
+    return f"{nbytes / 2**30:.2f}" if nbytes is not None else "n/a"
+
+
+def compile_text(section):
+    out = [f"Eager against torch.compile: training steps (forward, backward, SGD step) on synthetic data on the "
+           f"device, median of {section['repeats']} interleaved repeats of every (variant, mode); compile s: first "
+           f"step minus the median step"]
+    for run in section["runs"]:
+        rows = []
+        for v, modes in run["variants"].items():
+            e, c = modes.get("eager", {}), modes.get("compiled", {})
+            cell = {m: (f"{_ms(r['median_s'])}" if "median_s" in r else "failed") for m, r in (("e", e), ("c", c))}
+            ratio = {m: (f"{r['step_ratio_to_bn']:.2f}" if "step_ratio_to_bn" in r else
+                         "1.00" if v == "bn" and "median_s" in r else "-") for m, r in (("e", e), ("c", c))}
+            rows.append([v, cell["e"], cell["c"], f"{e['images_per_s']:.1f}" if "images_per_s" in e else "-",
+                         f"{c['images_per_s']:.1f}" if "images_per_s" in c else "-", ratio["e"], ratio["c"],
+                         f"{modes['compiled_speedup']:.2f}" if "compiled_speedup" in modes else "-",
+                         f"{c['compile_s']:.1f}" if "compile_s" in c else "-",
+                         "?" if c.get("graph_breaks") is None else c["graph_breaks"],
+                         f"{_gib(e.get('peak_memory_bytes'))} / {_gib(c.get('peak_memory_bytes'))}"])
+        out.append(f"\nResNet-{run['depth']} {run['image_size']}px, batch {run['batch']}, {run['precision']}, "
+                   f"{run['layout']}, backend {run['backend']}\n"
+                   + table(["variant", "eager ms", "compiled ms", "eager img/s", "compiled img/s", "eager vs bn",
+                            "compiled vs bn", "compiled speedup", "compile s", "graph breaks",
+                            "peak GiB eager / compiled"], rows))
+        for v, modes in run["variants"].items():
+            for m in ("eager", "compiled"):
+                if "error" in modes.get(m, {}):
+                    out.append(f"  {v} {m} failed: {modes[m]['error']}")
+    return "\n".join(out)

@@ -51,6 +51,7 @@ class Setup:
     threads: int         # OMP_NUM_THREADS per process
     lr: float = 0.1      # for the total batch world*batch, as the plain loop's SGD gets it
     norm: str = "bn"
+    tensorboard: bool = True  # the trainer's log.tensorboard (off where tensorboardX is not installed)
 
     @property
     def every(self):
@@ -110,7 +111,7 @@ def trainer_config(s, data_root, out_dir):
             "data": {"root": data_root, "synthetic": s.data == "synthetic", "train_crop": s.size,
                      "val_resize": s.size, "val_crop": s.size, "workers": s.workers},
             "train": {"epochs": epochs, "eval_every": epochs, "max_iters": s.steps, "precision": s.precision},
-            "log": {"out_dir": out_dir, "name": "run", "print_every": s.every},
+            "log": {"out_dir": out_dir, "name": "run", "print_every": s.every, "tensorboard": s.tensorboard},
             "checkpoint": {"every_epochs": 0, "resume": "none"}}
 
 
