@@ -13,6 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # operators that allocate or reinterpret memory without computing: no kernel on CUDA
 _NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "detach", "lift_fresh", "alias"}
+# the torch.library operators of norms/kernels/ops.py: their work is the Triton launches inside, counted there
+_WRAPPERS = {"snorm"}
 
 
 class _Ops(TorchDispatchMode):
@@ -23,7 +25,7 @@ class _Ops(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if not self.paused and not func.is_view and name not in _NO_KERNEL:
+        if not self.paused and not func.is_view and name not in _NO_KERNEL and func.namespace not in _WRAPPERS:
             self.ops[name] += 1
         return func(*args, **(kwargs or {}))
 

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import torch
@@ -19,14 +18,12 @@ import torch.nn.functional as F
 import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import models  # noqa: E402
-import norms  # noqa: E402
-from configs.schema import DataConfig, ModelConfig, NormConfig  # noqa: E402
-from data.loaders import SYNTHETIC_TRAIN  # noqa: E402
-from data.synthetic import SyntheticDataset  # noqa: E402
-from data.transforms import train_transform  # noqa: E402
+import models
+import norms
+from configs.schema import DataConfig, ModelConfig, NormConfig
+from data.loaders import SYNTHETIC_TRAIN
+from data.synthetic import SyntheticDataset
+from data.transforms import train_transform
 
 
 def parse_args(argv):

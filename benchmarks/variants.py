@@ -1,31 +1,26 @@
-"""The normalizers compared, built through norms.build_norm; the fused ones only where norms offers `impl`."""
+"""The normalizers compared, built through norms.build_norm."""
 import norms
 
-# name -> (norm type, options, implementations to try in order; None = build_norm without `impl`)
+# name -> (norm type, options)
 VARIANTS = {
-    "bn": ("bn", {}, [None]),
-    "gn": ("gn", {"groups": 32}, ["reference", None]),
-    "gn-fused": ("gn", {"groups": 32}, ["fused"]),
-    "sn-reference": ("sn", {}, ["reference", None]),
-    "sn-fused": ("sn", {}, ["fused"]),
+    "bn": ("bn", {}),
+    "gn": ("gn", {"groups": 32, "impl": "reference"}),
+    "gn-fused": ("gn", {"groups": 32, "impl": "fused"}),
+    "sn-reference": ("sn", {"impl": "reference"}),
+    "sn-fused": ("sn", {"impl": "fused"}),
 }
 BASELINE = "bn"
 
 
 def resolve(name):
     """(factory, description) for a variant, or (None, why it is not available)."""
-    kind, options, impls = VARIANTS[name]
-    reasons = []
-    for impl in impls:
-        kwargs = dict(options) if impl is None else dict(options, impl=impl)
-        try:
-            factory = norms.build_norm(kind, **kwargs)
-        except (ValueError, TypeError) as error:
-            reasons.append(str(error))
-            continue
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        return factory, f"build_norm({kind!r}{', ' if args else ''}{args})"
-    return None, "not available: " + "; ".join(reasons)
+    kind, options = VARIANTS[name]
+    try:
+        factory = norms.build_norm(kind, **options)
+    except (ValueError, TypeError) as error:
+        return None, f"not available: {error}"
+    args = ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return factory, f"build_norm({kind!r}{', ' if args else ''}{args})"
 
 
 def resolve_all(names):

@@ -1,10 +1,7 @@
-"""Benchmark the norm layers, whole-network training and the input pipeline (see benchmarks/ and the README)."""
-import os
+"""Benchmark the norm layers, whole-network training, the input pipeline and the trainer (docs/performance.md)."""
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.cli import main  # noqa: E402
+from benchmarks.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
