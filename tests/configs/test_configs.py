@@ -60,7 +60,8 @@ def write(tmp_path, name, text):
 
 
 def test_inheritance_and_overrides(tmp_path):
-    write(tmp_path, "a.yaml", "model: {depth: 18, num_classes: 10}\nschedule: {milestones: [1, 2]}\ntrain: {epochs: 3}\n")
+    write(tmp_path, "a.yaml",
+          "model: {depth: 18, num_classes: 10}\nschedule: {milestones: [1, 2]}\ntrain: {epochs: 3}\n")
     write(tmp_path, "b.yaml", "base: a.yaml\nmodel: {variant: v2}\n")
     child = write(tmp_path, "c.yaml", "base: b.yaml\nmodel: {depth: 34}\nschedule: {milestones: [2]}\n")
     cfg = load_config(child, ["optim.lr=0.2", "norm.type=sn", "norm.momentum=1e-2", "log.name=x=y"])
@@ -76,7 +77,8 @@ def test_inheritance_and_overrides(tmp_path):
     ("train.epochs=ten", "'train.epochs' must be int, got str 'ten'"),
     ("model.dropout=yes", "'model.dropout' must be float, got bool True"),
     ("schedule.milestones=5", "'schedule.milestones' must be a list of int, got 5"),
-    ("norm.type=sm", "'norm.type' must be one of 'bn', 'syncbn', 'gn', 'sn', 'syncsn', 'in', 'ln', got 'sm' (did you mean 'sn'?)"),
+    ("norm.type=sm",
+     "'norm.type' must be one of 'bn', 'syncbn', 'gn', 'sn', 'syncsn', 'in', 'ln', got 'sm' (did you mean 'sn'?)"),
     ("optim.lr=-0.1", "'optim.lr' must be > 0, got -0.1"),
     ("batch.samples_per_gpu=0", "'batch.samples_per_gpu' must be > 0, got 0"),
     ("norm.momentum=1.5", "'norm.momentum' must be <= 1, got 1.5"),
@@ -114,7 +116,8 @@ def test_paper_table_sweep_covers_every_cell_with_the_paper_recipe(tmp_path):
         norm, g, b = want[cell.run_name]
         cfg, setting, _ = effective_setting(load_cell_config(cell))
         assert (cfg.norm.type, cfg.batch.gpus, cfg.batch.samples_per_gpu) == (norm, g, b)
-        assert (cfg.model.depth, cfg.model.variant, cfg.train.epochs, cfg.schedule.milestones) == (50, "v1", 100, [30, 60, 90])
+        assert (cfg.model.depth, cfg.model.variant, cfg.train.epochs, cfg.schedule.milestones) \
+            == (50, "v1", 100, [30, 60, 90])
         assert setting.lr == pytest.approx(0.1 * g * b / 256) and setting.world == g
         assert cfg.norm.using_bn == (not (norm == "sn" and b == 1))  # the paper's SN (8, 1) is IN + LN
         assert cfg.log.name == cell.run_name and cfg.log.out_dir == str(tmp_path)

@@ -48,7 +48,7 @@ def test_weights_only_refuses_code(tmp_path):
             return (os.system, ("true",))
 
     torch.save({"x": Evil()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="UnpicklingError"):
         ckpt.load(path)
 
 

@@ -9,10 +9,9 @@ import time
 
 import pytest
 
+from launch import slurm, sweep as sw
 from tests.engine.tiny import REPO, make_image_folder, write_config
 from tests.scripts.slurm_cluster import job_fields, running_cluster
-from launch import slurm
-from launch import sweep as sw
 from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_background, sweep_cli, write_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
@@ -49,7 +48,8 @@ def test_sweep_submits_a_job_array_that_trains_every_cell_and_feeds_the_table(cl
     waiting = sweep_background(args + ["--wait", "--poll", "1"], env={**cluster.env, "SBATCH_EXPORT": "NONE"})
     try:
         registry = out / ".sweep" / "jobs.tsv"
-        wait_for(lambda: waiting.poll() is not None or registry.exists() and len(registry.read_text().splitlines()) == 3,
+        wait_for(lambda: waiting.poll() is not None
+                 or registry.exists() and len(registry.read_text().splitlines()) == 3,
                  60, "the submitted array", cluster)
         # the array is still queued or running: nothing is submitted twice
         pending = sweep_cli(args, env=cluster.env)
@@ -115,10 +115,11 @@ def test_time_limit_signal_requeues_one_array_task_which_resumes_to_the_end(clus
         "log.print_every=20", "log.tensorboard=false"])
     cells = sw.expand(sw.load_sweep(sweep), str(tmp_path / "runs"))
     cells_file = slurm.write_cells_file(str(tmp_path / "cells"), "tiny", cells)
-    # one CPU per task, so that both tasks run at once; two processes each (Slurm does not bind them here)
-    job = cluster.client(["sbatch", "--parsable", "--array=0-1", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1",
-                          f"--output={tmp_path}/task_%a.out", "--export=ALL,PROCS_PER_NODE=2", SBATCH_SCRIPT, "--cells",
-                          cells_file], cwd=REPO).stdout.strip()  # REPO defaults to the submit directory
+    # one CPU per task, so that both tasks run at once; two processes each (Slurm does not bind them here);
+    # REPO defaults to the submit directory
+    job = cluster.client(["sbatch", "--parsable", "--array=0-1", "--nodes=1", "--ntasks-per-node=1",
+                          "--cpus-per-task=1", f"--output={tmp_path}/task_%a.out", "--export=ALL,PROCS_PER_NODE=2",
+                          SBATCH_SCRIPT, "--cells", cells_file], cwd=REPO).stdout.strip()
     logs = [tmp_path / f"task_{i}.out" for i in (0, 1)]
 
     def both_training():

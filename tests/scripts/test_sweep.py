@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from configs import load_config
-from launch import slurm
-from launch import sweep as sw
+from launch import slurm, sweep as sw
 from tests.engine.tiny import REPO
 from tests.scripts.tiny_sweep import TRAIN_IMAGES, read_final, sweep_cli, write_sweep
 
@@ -46,7 +45,8 @@ def test_expand_gives_the_product_first_axis_outermost(tmp_path):
                              os.path.join(out, name)))
     assert [(c.run_name, c.config, c.overrides, c.run_dir) for c in cells] == expected
     cfg = load_config(cells[1].config, cells[1].overrides)  # the loader reads the overrides back
-    assert (cfg.batch.gpus, cfg.batch.samples_per_gpu, cfg.data.root, cfg.log.name) == (1, 16, "/data/bn", "r50_bn_1x16")
+    assert (cfg.batch.gpus, cfg.batch.samples_per_gpu, cfg.data.root, cfg.log.name) \
+        == (1, 16, "/data/bn", "r50_bn_1x16")
 
 
 def test_run_folder_values_survive_yaml_parsing(tmp_path):
@@ -150,8 +150,8 @@ def test_launch_nproc_is_the_largest_divisor_of_the_gpus_that_fits(tmp_path, gpu
 
 
 def test_cells_file_lines_hold_the_train_arguments(tmp_path):
-    cells = sw.expand(sw.load_sweep(write_yaml(tmp_path, SWEEP.replace("optim.lr=0.2", "'schedule.milestones=[1, 2]'"))),
-                      str(tmp_path / "o"))
+    sweep = write_yaml(tmp_path, SWEEP.replace("optim.lr=0.2", "'schedule.milestones=[1, 2]'"))
+    cells = sw.expand(sw.load_sweep(sweep), str(tmp_path / "o"))
     path = slurm.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells)
     # two files in the same second under the same job name: distinct files, neither overwritten
     other = slurm.write_cells_file(str(tmp_path / "sub"), "table-1x8", cells[:1])
@@ -195,7 +195,8 @@ def test_dry_run_prints_groups_commands_and_the_trainers_setting_line(tmp_path):
     assert f"skip sn_1x16: finished (diverged, {out / 'sn_1x16' / 'final.json'})" in lines
     submits = [l for l in lines if l.startswith("would submit")]
     # CPUs per process: the largest data.workers among the shape's cells + 1 (sn_1x16 is skipped: bn's 2 + 1)
-    expected = {"1x8": (2, "--nodes=1", "--gpus-per-node=8", 8 * 6), "2x8": (2, "--nodes=2", "--gpus-per-node=8", 8 * 6),
+    expected = {"1x8": (2, "--nodes=1", "--gpus-per-node=8", 8 * 6),
+                "2x8": (2, "--nodes=2", "--gpus-per-node=8", 8 * 6),
                 "1x1": (1, "--nodes=1", "--gpus-per-node=1", 3)}
     assert len(submits) == 3
     for line in submits:
@@ -234,7 +235,8 @@ def test_launch_sh_rejects_bad_input_on_one_line(tmp_path):
     (tmp_path / "c.yaml").write_text("optim: {lrr: 0.1}\n")
     proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "launch.sh"), str(tmp_path / "c.yaml")],
                           capture_output=True, text=True)
-    assert (proc.returncode, proc.stderr.strip()) == (2, "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?")
+    assert (proc.returncode, proc.stderr.strip()) \
+        == (2, "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?")
     proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "launch.sh"), "--nproc", "0", "c.yaml"],
                           capture_output=True, text=True)
     assert (proc.returncode, proc.stderr.strip()) == (2, "error: --nproc must be a positive integer, got '0'")
@@ -248,7 +250,8 @@ def test_local_sweep_runs_cells_in_turn_through_launch_sh_and_skips_finished(tmp
     cfg_gn = tmp_path / "cfg_gn.yaml"
     cfg_gn.write_text(cfg_gn.read_text().replace(str(tmp_path / "data"), str(tmp_path / "missing")))
     cfg_sn = tmp_path / "cfg_sn.yaml"
-    cfg_sn.write_text(cfg_sn.read_text().replace("lr: 0.5,", "lr: 1.0e+30,").replace("warmup_epochs: 0.5", "warmup_epochs: 0"))
+    cfg_sn.write_text(cfg_sn.read_text().replace("lr: 0.5,", "lr: 1.0e+30,")
+                      .replace("warmup_epochs: 0.5", "warmup_epochs: 0"))
     out = tmp_path / "runs"
     proc = sweep_cli([sweep, "--local", "--out", out, "--procs-per-node", "2"])
     assert proc.returncode == 1, proc.stdout + proc.stderr
