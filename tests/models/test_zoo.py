@@ -11,6 +11,7 @@ import norms
 from configs import load_config
 from models import build_model, convert_released_sn, released_sn_options, zoo
 from tests.models.released_sn import released_resnet
+from tests.models.zoo_entries import entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # the SN authors' model zoo (github.com/switchablenorms/Switchable-Normalization), typed here independently:
@@ -24,14 +25,6 @@ PUBLISHED = {
     "resnet50_v1_sn_8x4": (50, "v1", (8, 4), 100, "step", 75.85, 92.7),
     "resnet50_v1_sn_8x1": (50, "v1", (8, 1), 100, "step", 75.94, 92.7),
 }
-
-
-def entry(**changes):
-    base = {"name": "tiny", "source": "this repository", "config": None, "file": "tiny.safetensors",
-            "sha256": "0" * 64, "top1": 50.0, "top5": 90.0, "recipe": "test", "url": None,
-            "eval": "python eval.py --zoo tiny --data data/x"}
-    base.update(changes)
-    return base
 
 
 def write_registry(path, entries):

@@ -7,7 +7,8 @@ import pytest
 
 from models import zoo
 from results import zoo_markdown as md
-from tests.models.test_zoo import REPO, entry
+from tests.engine.tiny import REPO
+from tests.models.zoo_entries import entry
 
 
 def rows(text):
