@@ -23,3 +23,19 @@ def dataset(tmp_path_factory):
     Tests only read it; one that needs to change it copies it first.
     """
     return make_image_folder(str(tmp_path_factory.mktemp("tiny_data")))
+
+
+@pytest.fixture
+def in_process_trainer(monkeypatch):
+    """A builder of engine.trainer.Trainer(cfg, this process's world, run_dir) that keeps pytest's signal handlers."""
+    import signal
+
+    from engine.distributed import init_distributed
+    from engine.trainer import Trainer
+
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+
+    def build(cfg, run_dir):
+        return Trainer(cfg, init_distributed(), str(run_dir))
+
+    return build

@@ -72,20 +72,17 @@ def test_two_process_resume_after_an_off_schedule_checkpoint_is_bitwise_exact(tm
 
 @pytest.mark.parametrize("epoch", [1, 2], ids=["first_epoch", "last_epoch"])
 def test_stop_at_an_epochs_end_validates_after_resume_as_an_uninterrupted_run(tmp_path, dataset, uninterrupted_dir,
-                                                                              monkeypatch, epoch):
+                                                                              in_process_trainer, epoch):
     """The stop request arrives during the epoch's last step (simulated in-process); the rest is a real rerun."""
     import signal
 
     from configs import load_config
-    from engine.distributed import init_distributed
-    from engine.trainer import Trainer
     cfg = write_config(str(tmp_path), dataset)
     run_dir = tmp_path / "runs" / "run"
-    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1), so the runs are bitwise comparable
     try:
-        trainer = Trainer(load_config(cfg), init_distributed(), str(run_dir))
+        trainer = in_process_trainer(load_config(cfg), run_dir)
         original = trainer.train_epoch
 
         def epoch_then_signal():
@@ -297,19 +294,16 @@ def test_sigterm_to_torchrun_reaches_every_rank_and_the_run_resumes(tmp_path, da
     assert final["status"] == "finished" and final["iterations"] == 18
 
 
-def test_signal_in_an_epochs_last_steps_skips_validation_and_checkpoints(tmp_path, dataset, monkeypatch):
+def test_signal_in_an_epochs_last_steps_skips_validation_and_checkpoints(tmp_path, dataset, in_process_trainer):
     """In-process Trainer; the signal's arrival right at an epoch's end is simulated by wrapping train_epoch."""
     import signal
 
     from configs import load_config
-    from engine.distributed import init_distributed
-    from engine.trainer import Trainer
     cfg = load_config(write_config(str(tmp_path), dataset, epochs=2))
     run_dir = str(tmp_path / "runs" / "run")
     os.makedirs(run_dir)
     (tmp_path / "runs" / "run" / ".tmp-killedwrite").write_bytes(b"partial")
-    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
-    trainer = Trainer(cfg, init_distributed(), run_dir)
+    trainer = in_process_trainer(cfg, run_dir)
     assert not (tmp_path / "runs" / "run" / ".tmp-killedwrite").exists()  # a killed write's leftovers go
     original = trainer.train_epoch
 

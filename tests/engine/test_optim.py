@@ -27,23 +27,18 @@ def test_groups(decay_norm, decay_bias):
 
 
 @pytest.mark.parametrize("clip", [None, 1e-3], ids=["no_clipping", "clipped"])
-def test_trainer_step_equals_a_reference_step_with_torch_clip_grad_norm(tmp_path, monkeypatch, clip):
+def test_trainer_step_equals_a_reference_step_with_torch_clip_grad_norm(tmp_path, dataset, in_process_trainer, clip):
     """The trainer's step (one norm pass shared by the guard and the clipping) against autograd + clip_grad_norm_."""
     import copy
-    import signal
 
     import torch.nn.functional as F
 
     from configs import load_config
-    from engine.distributed import init_distributed
     from engine.optim import build_optimizer
-    from engine.trainer import Trainer
-    from tests.engine.tiny import make_image_folder, write_config
-    data = make_image_folder(str(tmp_path / "data"))
+    from tests.engine.tiny import write_config
     overrides = ["model.dropout=0", "log.tensorboard=false"] + ([f"optim.clip_grad_norm={clip}"] if clip else [])
-    cfg = load_config(write_config(str(tmp_path), data, norm="bn"), overrides)
-    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
-    trainer = Trainer(cfg, init_distributed(), str(tmp_path / "runs" / "run"))
+    cfg = load_config(write_config(str(tmp_path), dataset, norm="bn"), overrides)
+    trainer = in_process_trainer(cfg, tmp_path / "runs" / "run")
     trainer._meter = {"loss": 0.0, "correct": 0, "correct5": 0, "seen": 0, "steps": 0}
     reference = copy.deepcopy(trainer.model)
     optimizer = build_optimizer(reference, trainer.cfg.optim, trainer.setting.lr)

@@ -8,17 +8,12 @@ from tests.engine.tiny import make_image_folder, write_config
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: counts host synchronizations of CUDA steps")
-def test_steps_between_print_steps_do_not_synchronize(tmp_path, monkeypatch):
-    import signal
-
+def test_steps_between_print_steps_do_not_synchronize(tmp_path, in_process_trainer):
     from configs import load_config
-    from engine.distributed import init_distributed
-    from engine.trainer import Trainer
     data = make_image_folder(str(tmp_path / "data"), train_per_class=24)
     cfg = load_config(write_config(str(tmp_path), data, norm="bn", epochs=1),
                       ["log.print_every=1000", "log.tensorboard=false"])
-    monkeypatch.setattr(signal, "signal", lambda *a: None)  # keep pytest's own handlers
-    trainer = Trainer(cfg, init_distributed(), str(tmp_path / "runs" / "run"))
+    trainer = in_process_trainer(cfg, tmp_path / "runs" / "run")
     step, counted = trainer.train_step, []
 
     def counting_step(*args):
