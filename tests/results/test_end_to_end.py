@@ -5,16 +5,16 @@ import json
 
 import pytest
 
-from tests.engine.tiny import make_image_folder, run, write_config
+from tests.engine.tiny import run, write_config
 from tests.results.fixtures import collect, parse_tables
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained_runs(tmp_path_factory):
+def trained_runs(tmp_path_factory, dataset):
     tmp = tmp_path_factory.mktemp("e2e")
-    data = make_image_folder(str(tmp / "data"))
+    data = dataset
     common = ["log.tensorboard=false"]
     sn = write_config(str(tmp), data, norm="sn", epochs=1, name="sn.yaml")
     run("train.py", ["--config", sn, "log.name=sn_4x2"] + common)
