@@ -61,6 +61,7 @@ def run_dir_for(cfg, config_path):
 def dry_run(cfg, args):
     """Print the setting line, its notes, the resolved config and the run folder (last: train.sbatch reads it)."""
     import dataclasses
+
     import models
     import norms
     cfg, setting, notes = effective_setting(cfg, args.world)

@@ -6,6 +6,7 @@ import re
 from .loader import ConfigError, load_config, read_yaml
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(ROOT)
 _SENTENCE_END = re.compile(r"(?<!Sec)\.(\s+(?=[A-Z(])|$)")
 
 
@@ -39,9 +40,9 @@ def summary(path):
     return f"{cfg.norm.type} ({cfg.batch.gpus}, {cfg.batch.samples_per_gpu})"
 
 
-def catalog_lines(root=ROOT, relative_to=os.path.dirname(ROOT)):
+def catalog_lines(root=ROOT):
     """One line per config: its path (from the repository root), its summary, its description."""
-    rows = [(os.path.relpath(p, relative_to), summary(p), description(p)) for p in config_files(root)]
+    rows = [(os.path.relpath(p, REPO), summary(p), description(p)) for p in config_files(root)]
     width = max(len(r[0]) for r in rows)
     kinds = max(len(r[1]) for r in rows)
     return [f"{path:<{width}}  {kind:<{kinds}}  {text}".rstrip() for path, kind, text in rows]

@@ -36,7 +36,8 @@ class NormConfig:
 
 @dataclass
 class BatchConfig:
-    """The paper's (#GPUs, samples-per-GPU) setting: total batch gpus*samples_per_gpu, statistics over samples_per_gpu."""
+    """The paper's (#GPUs, samples-per-GPU) setting: total batch gpus*samples_per_gpu, statistics over
+    samples_per_gpu."""
     gpus: int = spec(8, gt=0)
     samples_per_gpu: int = spec(32, gt=0)
 
@@ -139,5 +140,6 @@ class Config:
         if self.data.val_crop > self.data.val_resize:
             errors.append(("data.val_crop", f"{self.data.val_crop} exceeds data.val_resize={self.data.val_resize}"))
         if not self.checkpoint.resume.strip():
-            errors.append(("checkpoint.resume", f"must be auto, none or a checkpoint path, got {self.checkpoint.resume!r}"))
+            errors.append(("checkpoint.resume",
+                           f"must be auto, none or a checkpoint path, got {self.checkpoint.resume!r}"))
         return errors

@@ -6,8 +6,10 @@ import os
 
 import torch
 
-from models.checkpoints import load_file as load  # weights_only=True, checksum verified; one-line ValueError
-from models.checkpoints import with_checksum
+from models.checkpoints import (
+    load_file as load,  # weights_only=True, checksum verified; one-line ValueError
+    with_checksum,
+)
 
 from .run_folder import RunFolderError, atomic_write, checkpoint_path, list_checkpoints, step_of
 

@@ -1,6 +1,6 @@
 """The trainer: one class whose methods are the steps of training, driven by a validated Config."""
-import inspect
 import dataclasses
+import inspect
 import os
 import resource
 import time
@@ -14,8 +14,7 @@ from configs import to_dict
 from data import build_eval_loader, build_train_loader
 from models import build_model, load_strict
 
-from . import checkpoint as ckpt
-from . import run_folder
+from . import checkpoint as ckpt, run_folder
 from .distributed import StepFlags, all_gather_objects, all_reduce_sum, broadcast_object
 from .evaluate import evaluate
 from .logger import RunLogger
@@ -371,7 +370,8 @@ class Trainer:
         top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
         host = torch.tensor([float((bad >= 0).sum()), float(self.stop.requested())], dtype=torch.float64)
         stats = torch.cat([(~finite).double().reshape(1), host.to(device, non_blocking=True),
-                           torch.stack([loss.detach().double(), top5[:, 0].sum().double(), top5.any(1).sum().double()])])
+                           torch.stack([loss.detach().double(), top5[:, 0].sum().double(),
+                                        top5.any(1).sum().double()])])
         flags = StepFlags(stats, self.global_step + 1, len(targets) * self.env.world)
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -451,7 +451,8 @@ class Trainer:
         elapsed = time.perf_counter() - meter["start"]
         seen = max(meter["seen"], 1)
         values = {"loss": meter["loss"] / max(meter["steps"], 1), "top1": 100.0 * meter["correct"] / seen,
-                  "top5": 100.0 * meter["correct5"] / seen, "lr": lr, "images_per_s": meter["seen"] / max(elapsed, 1e-9),
+                  "top5": 100.0 * meter["correct5"] / seen, "lr": lr,
+                  "images_per_s": meter["seen"] / max(elapsed, 1e-9),
                   "data_wait_fraction": meter["wait"] / max(elapsed, 1e-9), "epoch": self.epoch}
         self.log.scalars(self.global_step, values, "train")
         self.log.info(f"epoch {self.epoch} iter {self.global_step} ({self.step_in_epoch}/{self.steps_per_epoch}) "

@@ -7,7 +7,6 @@ from engine import run_folder
 
 from .recipe import recipe
 
-
 # no final.json yet: running, queued, stopped or crashed; the trainer writes final.json last, so which
 # of these it is cannot be told from the folder
 INCOMPLETE = "incomplete"

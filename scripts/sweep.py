@@ -18,8 +18,7 @@ import time
 
 from configs import ConfigError
 from engine.setting import effective_setting
-from launch import slurm
-from launch import sweep as sw
+from launch import slurm, sweep as sw
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +40,8 @@ def parse_args(argv):
                       help="submit job arrays (default when sbatch is on PATH)")
     mode.add_argument("--local", dest="mode", action="store_const", const="local",
                       help="run the cells here, one after another, through scripts/launch.sh")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per cluster node; 0: CPU-only cluster (default 8)")
+    p.add_argument("--gpus-per-node", type=int, default=8,
+                   help="GPUs per cluster node; 0: CPU-only cluster (default 8)")
     p.add_argument("--nodes", type=int, help="nodes per run (default: derived from the setting)")
     p.add_argument("--procs-per-node", type=int, help="processes per node (default: one per GPU)")
     p.add_argument("--cpus-per-proc", type=int,

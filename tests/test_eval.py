@@ -337,6 +337,43 @@ def test_zoo_files_record_the_classes(trained, registry, tmp_path, capsys):
     assert evaluate([plain, "--data", trained["data"], "--config", trained["cfg"]])["class_order"] == "not verified"
 
 
+
+@pytest.mark.slow
+def test_an_export_goes_to_the_zoo_folders_registry_and_its_hint_runs_as_printed(trained, reference, tmp_path,
+                                                                                   capsys, monkeypatch):
+    repository = {p: open(os.path.join(REPO, p), "rb").read() for p in ("models/zoo.yaml", "MODEL_ZOO.md")}
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "my zoo"  # created by the export; the space must be quoted in the hint
+    assert script("scripts/export_zoo.py", "export_zoo").main([trained["ckpt"], "--name", "tiny_sn", "--zoo-dir",
+                                                                "my zoo"]) == 0
+    assert {p: open(os.path.join(REPO, p), "rb").read() for p in repository} == repository
+    entry = registry_entry(folder / "zoo.yaml", "tiny_sn")
+    assert entry["sha256"] == hashlib.sha256((folder / "tiny_sn.safetensors").read_bytes()).hexdigest()
+    assert "| `tiny_sn` |" in (folder / "MODEL_ZOO.md").read_text()
+    (hint,) = [line.split("evaluate with: ", 1)[1] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("evaluate with: ")]
+    proc = subprocess.run(hint, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"{hint}\n{proc.stderr}"
+    assert f"top1 {reference['top1']:.2f} top5 {reference['top5']:.2f}" in proc.stdout
+    assert f"published for tiny_sn: top1 {entry['top1']:.2f}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_repositorys_registry_is_written_only_when_asked_for(trained, tmp_path, capsys):
+    exporter = script("scripts/export_zoo.py", "export_zoo")
+    plan, parse = exporter.plan, exporter.parse_args
+    own = plan(parse([trained["ckpt"], "--name", "tiny_sn", "--zoo-dir", str(tmp_path)]))
+    assert (own.registry, own.markdown) == (str(tmp_path / "zoo.yaml"), str(tmp_path / "MODEL_ZOO.md"))
+    repo = plan(parse([trained["ckpt"], "--name", "tiny_sn", "--zoo-dir", str(tmp_path), "--repo-registry"]))
+    assert (repo.registry, repo.markdown) == (os.path.join(REPO, "models", "zoo.yaml"),
+                                              os.path.join(REPO, "MODEL_ZOO.md"))
+    assert "--zoo-registry" not in repo.hint and "--zoo-registry" in own.hint
+    with pytest.raises(SystemExit):
+        parse([trained["ckpt"], "--name", "x", "--repo-registry", "--registry", str(tmp_path / "r.yaml")])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 # ----- bad files and outputs
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import pytest
 
 from tests.engine.tiny import REPO
 
-CLIS = ["train.py", "eval.py"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "scripts", "*.py"))
-                                         if "add_argument" in open(p).read())
+SCRIPTS = glob.glob(os.path.join(REPO, "scripts", "*.py"))
+CLIS = ["train.py", "eval.py"] + sorted(os.path.relpath(p, REPO) for p in SCRIPTS if "add_argument" in open(p).read())
 
 
 class Captured(Exception):
@@ -29,7 +29,8 @@ def parser_of(path, monkeypatch):
 
 
 def test_the_clis_are_found():
-    assert {"train.py", "eval.py", "scripts/sweep.py", "scripts/export_zoo.py", "scripts/collect_results.py"} <= set(CLIS)
+    wanted = {"train.py", "eval.py", "scripts/sweep.py", "scripts/export_zoo.py", "scripts/collect_results.py"}
+    assert wanted <= set(CLIS)
 
 
 @pytest.mark.parametrize("path", CLIS)
