@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check: on one CUDA GPU, the kernel tests on CUDA, a compute-sanitizer race check (if installed)
 # and the headline benchmarks, each under a time limit within 8 minutes; ends with a table.
-#   bash scripts/gpu_check.sh [--dry-run] [--only PARTS] [--skip PARTS] [--out DIR]
-# Outputs (logs, JSON, report.md) go to $OUT when set, else ./gpu_check_out. Python: $PYTHON, else
-# python, else python3. Exit 0: the correctness parts passed (or were skipped, as the table says);
+#   bash scripts/gpu_check.sh [--dry-run] [--only PARTS] [--skip PARTS] [--out DIR] [--total SECONDS]
+#                             [--cache-dir DIR]
+# Outputs (logs, JSON, report.md) go to --out, else $OUT when set, else ./gpu_check_out. Python: $PYTHON,
+# else python, else python3. Exit 0: the correctness parts passed (or were skipped, as the table says);
 # 1: one failed or timed out; 2: bad usage or no CUDA. See docs/performance.md, "GPU check".
 set -u
-here=$(pwd)
-cd "$(dirname "$0")/.." || exit 2
-repo=$(pwd)
+repo=$(cd "$(dirname "$0")/.." && pwd) || exit 2
 # The repository is not installed where this runs (no .venv): its packages are found through PYTHONPATH.
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-}
@@ -19,7 +18,4 @@ if [ -z "$python" ]; then
   echo "gpu_check: no python on PATH; set PYTHON=/path/to/python" >&2
   exit 2
 fi
-# --out and $OUT relative to where the command was started, not the repository
-out=${OUT:-$here/gpu_check_out}
-case "$out" in /*) ;; *) out="$here/$out" ;; esac
-OUT="$out" exec "$python" -m benchmarks.gpu_check "$@"
+exec "$python" -m benchmarks.gpu_check "$@"
