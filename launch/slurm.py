@@ -1,5 +1,6 @@
-"""Slurm job arrays of sweep cells: the cells file train.sbatch reads, the sbatch command, the job registry."""
+"""Slurm job arrays of sweep cells: the cells file train.sbatch reads, the sbatch command, the job registry, squeue."""
 import os
+import subprocess
 import tempfile
 
 from .sweep import SweepError
@@ -78,3 +79,16 @@ def queued_runs(registry, squeue_ids):
             if task in active:
                 out[run_name] = task
     return out
+
+
+def squeue(fields="%i"):
+    """One line per job array task that is pending, running or requeued."""
+    res = subprocess.run(["squeue", "-h", "-r", "-o", fields], capture_output=True, text=True)
+    if res.returncode:
+        raise SweepError(f"squeue failed ({res.stderr.strip()}); cannot tell which cells are still queued")
+    return res.stdout.splitlines()
+
+
+# squeue's compact job states, as a sweep's --wait reports them
+STATES = {"PD": "pending", "R": "running", "CG": "completing", "CF": "configuring", "S": "suspended",
+          "RQ": "requeued", "RS": "resizing", "SE": "requeued"}

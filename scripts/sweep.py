@@ -116,14 +116,6 @@ def run(args):
     return _wait(args, submitted) if args.wait and not args.dry_run else 0
 
 
-def _squeue(fields="%i"):
-    """One line per job array task that is pending, running or requeued."""
-    res = subprocess.run(["squeue", "-h", "-r", "-o", fields], capture_output=True, text=True)
-    if res.returncode:
-        raise sw.SweepError(f"squeue failed ({res.stderr.strip()}); cannot tell which cells are still queued")
-    return res.stdout.splitlines()
-
-
 def _queued(out):
     registry = os.path.join(out, ".sweep", "jobs.tsv")
     if not os.path.isfile(registry):
@@ -131,7 +123,7 @@ def _queued(out):
     if not shutil.which("squeue"):  # only a dry run gets this far without squeue
         print("note: squeue is not on PATH, so this dry run cannot tell which cells are still queued")
         return {}
-    return slurm.queued_runs(registry, [line.strip() for line in _squeue()])
+    return slurm.queued_runs(registry, [line.strip() for line in slurm.squeue()])
 
 
 def _run_local(args, todo):
@@ -212,7 +204,7 @@ def _wait(args, submitted):
     start, last, printed, errors = time.monotonic(), None, 0.0, 0
     while True:
         try:
-            lines = _squeue("%i %t")
+            lines = slurm.squeue("%i %t")
             errors = 0
         except sw.SweepError as e:  # a controller that is busy for a moment should not end a day-long wait
             errors += 1
@@ -229,7 +221,7 @@ def _wait(args, submitted):
         if counts != last or time.monotonic() - printed >= 300:
             printed, last = time.monotonic(), counts
             print(f"waiting: {len(states)} of {total} task(s) in the queue ("
-                  f"{', '.join(f'{n} {STATES.get(s, s)}' for s, n in counts.items())}) after "
+                  f"{', '.join(f'{n} {slurm.STATES.get(s, s)}' for s, n in counts.items())}) after "
                   f"{time.monotonic() - start:.0f} s", flush=True)
         time.sleep(args.poll)
     print(f"all {total} task(s) left the queue after {time.monotonic() - start:.0f} s", flush=True)
@@ -240,10 +232,6 @@ def _wait(args, submitted):
               file=sys.stderr)
         return 1
     return 0
-
-
-STATES = {"PD": "pending", "R": "running", "CG": "completing", "CF": "configuring", "S": "suspended",
-          "RQ": "requeued", "RS": "resizing", "SE": "requeued"}
 
 
 if __name__ == "__main__":

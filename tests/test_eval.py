@@ -141,6 +141,22 @@ def test_clear_errors(trained, tmp_path):
     assert "not a readable PyTorch checkpoint" in fails([tmp_path / "junk.pt", "--data", trained["data"]])
 
 
+
+def test_a_file_without_config_is_built_with_the_settings_rules(tmp_path):
+    """A state_dict evaluated with an SN config at one sample per GPU gets the SN that training built (no BN
+    branch), as the trainer's config.yaml records it."""
+    eval_py = script("eval.py", "eval_cli")
+    args = eval_py.parse_args([str(tmp_path / "weights.pt"), "--config",
+                               os.path.join(REPO, "configs", "zoo", "resnet50_v1_sn_8x1.yaml")])
+    notes = []
+    cfg = eval_py.resolve_config(args, None, "state_dict", {}, notes.append)
+    assert (cfg.norm.type, cfg.batch.samples_per_gpu, cfg.norm.using_bn) == ("sn", 1, False)
+    assert notes == ["note: one sample per GPU: SN drops its BN branch (using_bn=False), as the paper did"]
+    cfg = eval_py.resolve_config(eval_py.parse_args([str(tmp_path / "weights.pt"), "batch.samples_per_gpu=2"]),
+                                 None, "state_dict", {}, notes.append)
+    assert cfg.norm.using_bn and len(notes) == 1
+
+
 # ----- the model zoo: scripts/export_zoo.py and eval.py --zoo
 
 @pytest.fixture(scope="module")
