@@ -212,19 +212,24 @@ print(json.dumps(out))
 """
 
 
+_PARSER_CACHE = {}  # (root, script) -> (flags, error), so the tests of one session read each parser once
+
+
 def parser_flags(root, scripts):
     """{script: (its parser's option strings, None) or (empty set, why they could not be read)}."""
-    if not scripts:
-        return {}
-    proc = subprocess.run([sys.executable, "-c", _CAPTURE, *scripts], cwd=root, capture_output=True, text=True,
-                          timeout=300)
-    try:
-        found = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {s: (set(), f"reading the parsers failed (exit {proc.returncode}): {why}") for s in scripts}
-    return {s: (set(r.get("flags", [])), r.get("error") and f"cannot read its parser: {r['error']}")
-            for s, r in found.items()}
+    missing = [s for s in scripts if (str(root), s) not in _PARSER_CACHE]
+    if missing:
+        proc = subprocess.run([sys.executable, "-c", _CAPTURE, *missing], cwd=root, capture_output=True,
+                              text=True, timeout=300)
+        try:
+            found = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            found = {s: {"error": f"the parser reader failed (exit {proc.returncode}): {why}"} for s in missing}
+        for s, r in found.items():
+            _PARSER_CACHE[str(root), s] = (set(r.get("flags", [])),
+                                           r.get("error") and f"cannot read its parser: {r['error']}")
+    return {s: _PARSER_CACHE[str(root), s] for s in scripts}
 
 
 def _repo_path_tokens(root, args):
