@@ -1,7 +1,7 @@
 """Sweep files: expand their axes into training cells and work out how each cell is launched.
 
 A sweep file names a config template, a run-name template, axes whose product gives the cells, and
-overrides for every cell (see README, "Sweeps"). Nothing here starts a process; scripts/sweep.py does,
+overrides for every cell (see docs/cluster.md, "Sweep files"). Nothing here starts a process; scripts/sweep.py does,
 with launch/slurm.py's job arrays or scripts/launch.sh.
 """
 import fnmatch

@@ -7,7 +7,7 @@
 
 Cells with OUT/<run name>/final.json are finished and skipped. --force runs them again, and the trainer
 then resumes each from its newest checkpoint (useful after raising train.epochs); to start a cell over,
-delete its run folder or use another --out. See README, "Sweeps".
+delete its run folder or use another --out. See docs/cluster.md.
 """
 import argparse
 import os
