@@ -98,33 +98,33 @@ def plan(python, out, cache, have, sanitizer_path):
         Part("tests", "correctness", 150, pytest + test_files(),
              "the kernel tests on CUDA (tests/norms files that run on the GPU) and the CUDA-only tests",
              needs=["pytest"]),
-        Part("race", "correctness", 60,
+        Part("race", "correctness", 45,
              [sanitizer_path or "compute-sanitizer", "--tool", "racecheck", "--racecheck-report", "all",
               "--error-exitcode", "1", "--print-limit", "20", python, "-m", "benchmarks.race_shapes",
               "--json", j("race")],
              "compute-sanitizer racecheck of the fused SN and GN kernels on small shapes", j("race"),
              needs=["triton"], skip=None if sanitizer_path else "compute-sanitizer not found "
              "($COMPUTE_SANITIZER_BIN, PATH, /usr/local/cuda*/bin)"),
-        Part("layers", "benchmark", 60,
+        Part("layers", "benchmark", 45,
              bench + ["--what", "layers", "--layer-batch", "32,256", "--precision", "bf16", "--layout",
                       "channels_last", "--json", j("layers")],
              "per-layer forward+backward at ResNet-50's norm shapes, 32 and 256 per GPU, bf16 channels_last",
              j("layers")),
-        Part("compile", "benchmark", 170, bench + compile_run + ["--json", j("compile")],
+        Part("compile", "benchmark", 150, bench + compile_run + ["--json", j("compile")],
              "ResNet-50 training step, eager and torch.compile, 32 and 256 per GPU, bf16 channels_last",
-             j("compile")),
-        Part("pipeline", "benchmark", 45, bench + ["--what", "pipeline", "--json", j("pipeline")],
+             j("compile"), env=COMPILE_THREADS),
+        Part("pipeline", "benchmark", 40, bench + ["--what", "pipeline", "--json", j("pipeline")],
              "input pipeline: CPU loader workers and nvJPEG decode + GPU augmentation", j("pipeline"),
              needs=DATA[1:]),
-        Part("syncs", "benchmark", 30,
-             [python, "-m", "benchmarks.host_syncs", "--batch", "32,256", "--tensorboard", tb, "--cache-dir",
-              cache, "--json", j("syncs")],
+        Part("syncs", "benchmark", 40,
+             [python, "-m", "benchmarks.host_syncs", "--device", "cuda", "--batch", "32,256", "--tensorboard", tb,
+              "--cache-dir", cache, "--json", j("syncs")],
              "host synchronizations per train.py step between print steps (BN, 32 and 256 per GPU)",
              j("syncs"), needs=DATA),
     ]
     for batch in (32, 256):
         parts.append(Part(
-            f"trainer-{batch}", "benchmark", 50,
+            f"trainer-{batch}", "benchmark", 45 if batch == 32 else 50,
             bench + ["--what", "trainer", "--trainer-world", "1", "--trainer-batch", str(batch),
                      "--trainer-rounds", "1", "--trainer-tensorboard", tb, "--json", j(f"trainer-{batch}")],
             f"train.py against a plain loop, BN, {batch} per GPU, one round", j(f"trainer-{batch}"), needs=DATA))
@@ -138,15 +138,25 @@ def plan(python, out, cache, have, sanitizer_path):
     return parts, compile_run
 
 
+COMPILE_THREADS = {"TORCHINDUCTOR_COMPILE_THREADS": "6"}  # two cold runs and the tests share the cores
+
+
 def background_parts(python, out, cache, compile_run):
     """Run beside the correctness parts, stopped before the first timed benchmark: the generated data sets,
-    and the compile part's run once (repeats 1) so that the timed compile part finds inductor's caches warm."""
+    and the compile part's run once per batch size (repeats 1, two processes), so that the timed compile
+    part finds inductor's caches warm."""
     prepare = [python, "-m", "benchmarks.gpu_check", "--prepare", "--cache-dir", cache]
-    prewarm = [python, os.path.join("scripts", "benchmark.py"), "--device", "cuda", "--cache-dir", cache,
-               *compile_run, "--repeats", "1", "--warmup", "1", "--json", os.path.join(out, "compile-cold.json")]
-    return [Part("prepare", "background", 0, prepare, "generate the PNG and JPEG folders the benchmarks read"),
-            Part("compile-cold", "background", 0, prewarm, "the compile section once, cold caches (compile times)",
-                 os.path.join(out, "compile-cold.json"), env={"TORCHINDUCTOR_COMPILE_THREADS": "8"})]
+    parts = [Part("prepare", "background", 0, prepare, "generate the PNG and JPEG folders the benchmarks read")]
+    batches = compile_run.index("--compile-batch") + 1
+    for batch in compile_run[batches].split(","):
+        run = compile_run[:batches] + [batch] + compile_run[batches + 1:]
+        json_path = os.path.join(out, f"compile-cold-{batch}.json")
+        parts.append(Part(f"compile-cold-{batch}", "background", 0,
+                          [python, os.path.join("scripts", "benchmark.py"), "--device", "cuda", "--cache-dir", cache,
+                           *run, "--repeats", "1", "--warmup", "1", "--json", json_path],
+                          f"the compile part's run at {batch} per GPU once, cold caches (compile times)", json_path,
+                          env=COMPILE_THREADS))
+    return parts
 
 
 def prepare(cache):
@@ -191,15 +201,16 @@ def start(part, env, log_path):
     log.flush()
     proc = subprocess.Popen(part.argv, cwd=REPO, env={**env, **part.env}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    proc.log = log
+    proc.log, proc.began = log, time.monotonic()
     return proc
 
 
-def run_part(part, env, out, limit):
-    """Run one part for at most `limit` seconds; its result record."""
+def run_part(part, env, out, limit, record):
+    """Run one part for at most `limit` seconds, filling `record` (already in the report's list, so that a
+    check interrupted meanwhile still reports the part)."""
     log_path = os.path.join(out, f"{part.name}.log")
-    record = {"name": part.name, "kind": part.kind, "what": part.what, "budget_s": part.budget_s,
-              "limit_s": limit, "log": log_path, "json": part.json, "command": part.argv}
+    record.update(name=part.name, kind=part.kind, what=part.what, budget_s=part.budget_s, limit_s=limit,
+                  log=log_path, json=part.json, command=part.argv, status="running")
     began = time.monotonic()
     proc = start(part, env, log_path)
     try:
@@ -208,9 +219,13 @@ def run_part(part, env, out, limit):
     except subprocess.TimeoutExpired:
         _stop(proc)
         record.update(status="timeout", returncode=None)
+    except BaseException:  # SIGTERM or Ctrl-C of the check: the part runs in a session of its own
+        _stop(proc)
+        record.update(status="interrupted", returncode=None)
+        raise
     finally:
         proc.log.close()
-    record["seconds"] = time.monotonic() - began
+        record["seconds"] = time.monotonic() - began
     return record
 
 
@@ -321,7 +336,7 @@ def main(argv=None):
     parts = selected(budgets(parts), args)
     background = background_parts(python, out, args.cache_dir, compile_run)
     if "compile" not in [p.name for p in parts if not p.skip]:
-        background = background[:1]
+        background = [p for p in background if not p.name.startswith("compile-cold")]
     if dry:
         print_plan(parts, background, args.total, out)
         return 0
@@ -344,7 +359,7 @@ def execute(parts, background, args, out, env_info, began=None):
         for part in parts:
             left = deadline - time.monotonic()
             if part.skip is None and part.kind == "benchmark" and running:
-                left = _end_background(running, background, records, began, out, deadline)
+                left = _end_background(running, background, records, out, deadline)
             if part.skip is not None:
                 records.append({"name": part.name, "kind": part.kind, "what": part.what, "status": "skipped",
                                 "reason": part.skip, "budget_s": part.budget_s, "json": part.json})
@@ -356,21 +371,27 @@ def execute(parts, background, args, out, env_info, began=None):
                 continue
             print(f"gpu_check: [{time.monotonic() - began:4.0f} s] {part.name}: {part.what} "
                   f"(limit {min(part.budget_s, int(left))} s)", flush=True)
-            records.append(run_part(part, env, out, min(part.budget_s, int(left))))
+            records.append({})
+            run_part(part, env, out, min(part.budget_s, int(left)), records[-1])
             print(f"gpu_check: [{time.monotonic() - began:4.0f} s] {part.name}: {records[-1]['status']}", flush=True)
     finally:
-        _end_background(running, background, records, began, out, time.monotonic())
+        _end_background(running, background, records, out, time.monotonic())
         signal.signal(signal.SIGTERM, previous)
         with open(os.path.join(out, "parts.json"), "w") as f:
             json.dump({"total_s": args.total, "seconds": time.monotonic() - began, "parts": records}, f, indent=1)
-        text, code = gpu_report.render(records, env_info, out, time.monotonic() - began, args.total)
+        try:
+            text, code = gpu_report.render(records, env_info, out, time.monotonic() - began, args.total)
+        except Exception as error:  # the table must come: the bare statuses, and why the rest is missing
+            text = "\n".join([f"report failed ({type(error).__name__}: {error}); the parts:"]
+                              + [f"  {r.get('name')}: {r.get('status')} {r.get('reason', '')}" for r in records])
+            code = gpu_report.verdict(records)[1]
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(text + "\n")
         print("\n" + text, flush=True)
     return code
 
 
-def _end_background(running, background, records, began, out, deadline):
+def _end_background(running, background, records, out, deadline):
     """Wait for the background parts until `deadline` (the data they generate is needed), then stop them;
     returns the seconds left."""
     by_name = {p.name: p for p in background}
@@ -387,7 +408,7 @@ def _end_background(running, background, records, began, out, deadline):
         proc.log.close()
         records.append({"name": name, "kind": "background", "what": part.what, "status": status,
                         "returncode": code, "log": os.path.join(out, f"{name}.log"), "json": part.json,
-                        "seconds": time.monotonic() - began})
+                        "seconds": time.monotonic() - proc.began})
         del running[name]
     return deadline - time.monotonic()
 

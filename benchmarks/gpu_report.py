@@ -117,9 +117,12 @@ def layers_rows(data):
     return rows
 
 
-def compile_rows(data, cold=None):
-    """Per (batch, variant): eager and compiled ms, ratios to bn, speedup, compile s, images/s and memory."""
-    cold_runs = {r["batch"]: r for r in (cold or {}).get("compile", {}).get("runs", [])}
+def compile_rows(data, cold=()):
+    """Per (batch, variant): eager and compiled ms, ratios to bn, speedup, compile s, images/s and memory.
+
+    cold: the JSON of the cold runs (the same runs once, beside the correctness parts), for their compile s.
+    """
+    cold_runs = {r["batch"]: r for c in cold if c for r in c.get("compile", {}).get("runs", [])}
     rows = []
     for run in data["compile"]["runs"]:
         bn_mem = run["variants"].get("bn", {}).get("eager", {}).get("peak_memory_bytes")
@@ -183,7 +186,7 @@ def figures(records):
     block("ResNet-50 training step, eager and torch.compile (compile s: cold run / timed run)", lambda: (
         md_table(["per GPU", "variant", "eager ms", "compiled ms", "eager vs bn", "compiled vs bn",
                   "compiled speedup", "compile s", "graph breaks", "images/s eager / compiled", "peak GiB (eager)",
-                  "memory vs bn"], compile_rows(data("compile"), data("compile-cold")))
+                  "memory vs bn"], compile_rows(data("compile"), [data(n) for n in by if n.startswith("compile-cold")]))
         if data("compile") and data("compile")["compile"]["runs"] else ""))
     block("Input pipeline (images/s)", lambda: md_table(["path", "images/s"], pipeline_rows(data("pipeline")))
           if data("pipeline") else "")
@@ -227,7 +230,8 @@ def _seconds(record):
 
 def verdict(records):
     """(last line, exit code): 1 when a correctness part failed or timed out."""
-    bad = [r["name"] for r in records if r["name"] in CORRECTNESS and r["status"] in ("failed", "timeout")]
+    bad = [r["name"] for r in records if r["name"] in CORRECTNESS and r["status"] in ("failed", "timeout",
+                                                                                     "interrupted")]
     unchecked = [r["name"] for r in records if r["name"] in CORRECTNESS and r["status"] == "skipped"]
     if bad:
         return f"**correctness: FAILED** ({', '.join(bad)}); exit code 1", 1

@@ -77,6 +77,8 @@ def parser():
     p.add_argument("--tensorboard", choices=["true", "false"], default="true",
                    help="log.tensorboard (false where tensorboardX is not installed)")
     p.add_argument("--cache-dir", default=None, help="where the generated PNG folder is kept")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: the same run where nothing synchronizes (counts 0), to test this program")
     p.add_argument("--json", metavar="PATH", help="write the counts here")
     return p
 
@@ -92,7 +94,7 @@ def run_batch(batch, args, train_main, work):
     import torch
 
     from engine.trainer import Trainer
-    s = bench.Setup(device="cuda", world=1, batch=batch, steps=args.steps, warmup=args.first, data="folder",
+    s = bench.Setup(device=args.device, world=1, batch=batch, steps=args.steps, warmup=args.first, data="folder",
                     images=batch * args.folder_steps, size=32, depth=18, width=64, precision="fp32",
                     workers=args.workers, threads=1)
     root = bench.png_folder(args.cache_dir, s.images, s.size, progress=lambda m: print(m, flush=True))
@@ -104,8 +106,8 @@ def run_batch(batch, args, train_main, work):
     def counted(t):  # from --first to before the run's last step (max_iters) or the epoch's, which read at once
         return args.first <= t.step_in_epoch < min(t.steps_per_epoch, args.steps) - 1
     codes = []
-    counts, messages = count_syncs(lambda: codes.append(train_main(["--config", path])), Trainer, counted,
-                                   torch.cuda.set_sync_debug_mode)
+    set_mode = torch.cuda.set_sync_debug_mode if args.device == "cuda" else lambda mode: None
+    counts, messages = count_syncs(lambda: codes.append(train_main(["--config", path])), Trainer, counted, set_mode)
     if codes != [0]:
         raise RuntimeError(f"train.py exited with {codes}")
     return {"batch": batch, "steps": args.steps, "first": args.first, "messages": messages[:5],
@@ -115,8 +117,9 @@ def run_batch(batch, args, train_main, work):
 def main(argv=None):
     args = parser().parse_args(argv)
     import torch
-    if not torch.cuda.is_available():
-        print("error: host_syncs needs CUDA (torch.cuda.is_available() is False)", file=sys.stderr)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: host_syncs needs CUDA (torch.cuda.is_available() is False); --device cpu runs it where "
+              "nothing synchronizes", file=sys.stderr)
         return 2
     if args.cache_dir is None:
         from .pipeline import default_cache_dir

@@ -63,7 +63,7 @@ def test_dry_run_lists_every_part_with_commands_that_parse(tmp_path):
     proc = gpu_check_sh(tmp_path, "--dry-run")
     assert proc.returncode == 0, proc.stderr
     commands = plan_commands(proc.stdout)
-    assert list(commands) == PARTS + ["prepare", "compile-cold"]
+    assert list(commands) == PARTS + ["prepare", "compile-cold-32", "compile-cold-256"]
     for name, argv in commands.items():
         if name == "race":  # compute-sanitizer's own flags, then the program it watches
             assert argv[1:3] == ["--tool", "racecheck"] and "--error-exitcode" in argv
@@ -95,12 +95,16 @@ def test_time_limits_skips_and_exit_code(tmp_path, monkeypatch):
              stand_in("layers", "benchmark", 2, "import time; time.sleep(60)"),
              stand_in("compile", "benchmark", 30, "print('never')")]
     parts[2].json = str(tmp_path / "compile.json")
+    background = [stand_in("prepare", "background", 0, "pass"),
+                  stand_in("compile-cold-32", "background", 0, "import time; time.sleep(60)")]
     args = argparse.Namespace(total=5, cache_dir=str(tmp_path / "cache"))
-    code = gpu_check.execute(parts, [], args, str(tmp_path), {"gpu": "stand-in"})
+    code = gpu_check.execute(parts, background, args, str(tmp_path), {"gpu": "stand-in"})
     records = json.loads((tmp_path / "parts.json").read_text())["parts"]
-    assert [(r["name"], r["status"]) for r in records] == [("tests", "failed"), ("layers", "timeout"),
-                                                           ("compile", "skipped")]
-    assert 2 <= records[1]["seconds"] < 5 and "no time left" in records[2]["reason"]
+    # the background jobs end when the first benchmark starts: the data job waited for, the other stopped
+    assert [(r["name"], r["status"]) for r in records] == [
+        ("tests", "failed"), ("prepare", "passed"), ("compile-cold-32", "stopped"), ("layers", "timeout"),
+        ("compile", "skipped")]
+    assert 2 <= records[3]["seconds"] < 5 and "no time left" in records[4]["reason"]
     assert code == 1
     report = (tmp_path / "report.md").read_text()
     assert report.rstrip().endswith("exit code 1") and "FAILED** (tests)" in report
@@ -158,8 +162,8 @@ def fixture_records(tmp_path):
          "log": "", "json": write(tmp_path / "layers.json", layers)},
         {"name": "compile", "kind": "benchmark", "status": "timeout", "seconds": 170, "limit_s": 170,
          "budget_s": 170, "log": str(tmp_path / "compile.log"), "json": write(tmp_path / "compile.json", compiled)},
-        {"name": "compile-cold", "kind": "background", "status": "stopped", "seconds": 100, "returncode": None,
-         "log": "", "json": write(tmp_path / "compile-cold.json", cold)},
+        {"name": "compile-cold-32", "kind": "background", "status": "stopped", "seconds": 100, "returncode": None,
+         "log": "", "json": write(tmp_path / "compile-cold-32.json", cold)},
         {"name": "syncs", "kind": "benchmark", "status": "passed", "seconds": 12, "limit_s": 30, "budget_s": 30,
          "log": "", "json": write(tmp_path / "syncs.json", syncs)},
         {"name": "trainer-32", "kind": "benchmark", "status": "passed", "seconds": 40, "limit_s": 50,
@@ -204,7 +208,8 @@ def test_report_figures_from_fixture_results(tmp_path):
                                                          ["tests/norms/test_triton_sn.py", "1", "1", "0"]]
     assert "Failed: tests/norms/test_triton_sn.py::test_b" in text and "1 x needs CUDA" in text
     parts = {row[0]: row for row in table_rows(text, "Parts")}
-    assert list(parts) == ["tests", "race", "layers", "compile", "compile-cold", "syncs", "trainer-32", "trainer-256"]
+    assert list(parts) == ["tests", "race", "layers", "compile", "compile-cold-32", "syncs", "trainer-32",
+                           "trainer-256"]
     assert parts["tests"][2:] == ["failed", "80 / 150", "2 passed, 1 failed, 1 skipped"]
     assert parts["race"][4] == "0 errors, 0 hazards"
     assert parts["compile"][2] == "timeout" and "partial results kept" in parts["compile"][4]
