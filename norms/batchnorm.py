@@ -52,10 +52,10 @@ class SyncBatchNorm2d(BatchNorm2d):
 
     Works on CPU (gloo) and CUDA (NCCL), with equal or unequal per-rank batch sizes; gradients
     flow through the all-reduce. With no multi-process group it is a plain BatchNorm. Statistics
-    are global, so `stat_groups` (one process emulating several GPUs) does not change them.
+    are global, so it has no `stat_groups` (one process emulating several GPUs would not change them).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, stat_groups=1, process_group=None):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, process_group=None):
         super().__init__(num_features, eps=eps, momentum=momentum, stat_groups=1)
         self.process_group = process_group
 

@@ -28,6 +28,11 @@ def available_norms():
     return sorted(_REGISTRY)
 
 
+def norm_options(name):
+    """{option: default} that norm `name` accepts (for listings such as train.py --list-norms)."""
+    return _options(_REGISTRY[name])
+
+
 def _options(builder):
     params = inspect.signature(builder).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
@@ -39,46 +44,49 @@ def _zero_gamma(layer, zero_init):
     return layer
 
 
+# The defaults of every norm option live here; the builders pass every option to the layers explicitly.
 @register_norm("bn")
 def _bn(c, zero_init, eps=1e-5, momentum=None, stat_groups=1):
-    return _zero_gamma(BatchNorm2d(c, eps, 0.1 if momentum is None else momentum, stat_groups), zero_init)
+    return _zero_gamma(BatchNorm2d(c, eps=eps, momentum=0.1 if momentum is None else momentum,
+                                   stat_groups=stat_groups), zero_init)
 
 
 @register_norm("syncbn")
-def _syncbn(c, zero_init, eps=1e-5, momentum=None, stat_groups=1):
-    return _zero_gamma(SyncBatchNorm2d(c, eps, 0.1 if momentum is None else momentum), zero_init)
+def _syncbn(c, zero_init, eps=1e-5, momentum=None):
+    return _zero_gamma(SyncBatchNorm2d(c, eps=eps, momentum=0.1 if momentum is None else momentum), zero_init)
 
 
 @register_norm("sn")
 def _sn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, stat_groups=1,
         impl="auto"):
-    return SwitchNorm2d(c, eps, 0.003 if momentum is None else momentum, using_moving_average,
-                        using_bn, last_gamma=zero_init, stat_groups=stat_groups, impl=impl)
+    return SwitchNorm2d(c, eps=eps, momentum=0.003 if momentum is None else momentum,
+                        using_moving_average=using_moving_average, using_bn=using_bn, last_gamma=zero_init,
+                        stat_groups=stat_groups, impl=impl)
 
 
 @register_norm("syncsn")
-def _syncsn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, stat_groups=1,
-            impl="auto"):
-    return SyncSwitchNorm2d(c, eps, 0.003 if momentum is None else momentum, using_moving_average,
-                            using_bn, last_gamma=zero_init, impl=impl)
+def _syncsn(c, zero_init, eps=1e-5, momentum=None, using_moving_average=True, using_bn=True, impl="auto"):
+    return SyncSwitchNorm2d(c, eps=eps, momentum=0.003 if momentum is None else momentum,
+                            using_moving_average=using_moving_average, using_bn=using_bn, last_gamma=zero_init,
+                            impl=impl)
 
 
 @register_norm("gn")
-def _gn(c, zero_init, eps=1e-5, groups=32, stat_groups=1, impl="auto"):
+def _gn(c, zero_init, eps=1e-5, groups=32, impl="auto"):
     if c % groups:
         return InvalidNorm(f"GroupNorm with groups={groups} needs a channel count divisible by "
                            f"{groups}, got {c}; set norm.groups to a divisor of {c}")
-    return _zero_gamma(GroupNorm2d(groups, c, eps, impl=impl), zero_init)
+    return _zero_gamma(GroupNorm2d(groups, c, eps=eps, impl=impl), zero_init)
 
 
 @register_norm("in")
-def _in(c, zero_init, eps=1e-5, stat_groups=1, impl="auto"):
-    return _zero_gamma(GroupNorm2d(c, c, eps, impl=impl), zero_init)
+def _in(c, zero_init, eps=1e-5, impl="auto"):
+    return _zero_gamma(GroupNorm2d(c, c, eps=eps, impl=impl), zero_init)
 
 
 @register_norm("ln")
-def _ln(c, zero_init, eps=1e-5, stat_groups=1, impl="auto"):
-    return _zero_gamma(GroupNorm2d(1, c, eps, impl=impl), zero_init)
+def _ln(c, zero_init, eps=1e-5, impl="auto"):
+    return _zero_gamma(GroupNorm2d(1, c, eps=eps, impl=impl), zero_init)
 
 
 class InvalidNorm(nn.Module):
@@ -117,11 +125,12 @@ class NormFactory:
 def build_norm(type, **options):
     """Return the layer factory for norm `type` ('bn', 'syncbn', 'gn', 'sn', 'syncsn', 'in', 'ln').
 
-    Options a type does not use must keep their default value (`stat_groups` is accepted by
-    all: per-sample norms and the synchronized ones are unaffected by it), so a setting that
-    would be silently ignored is an error instead. momentum=None means the type's default
-    (BN 0.1, SN 0.003, PyTorch's convention). impl ('auto', 'reference', 'fused'; sn, syncsn,
-    gn, in, ln) picks the fused kernels or the reference code, see norms.fused.
+    Options a type does not use must keep their default value, so a setting that would be
+    silently ignored is an error instead (`stat_groups`, one process emulating several GPUs, is
+    an option of bn and sn only: per-sample and synchronized norms have nothing to split).
+    momentum=None means the type's default (BN 0.1, SN 0.003, PyTorch's convention). impl
+    ('auto', 'reference', 'fused'; sn, syncsn, gn, in, ln) picks the fused kernels or the
+    reference code, see norms.backends.
     """
     if type not in _REGISTRY:
         raise ValueError(f"unknown norm type '{type}'; choose one of {available_norms()}")

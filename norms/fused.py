@@ -73,15 +73,7 @@ def fused_norm(x, stats, bias, leaves, prims=None):
     check_4d(x, "fused norm")
     if prims is None:
         prims = kernels.backend(x)
-    return outside_compiler(_FusedNorm.apply)(x, bias, prims, stats, *leaves)
-
-
-def outside_compiler(fn):
-    """fn, run as it is outside the graph when torch.compile traces the caller (kernel launchers, ctypes)."""
-    if not torch.compiler.is_compiling():
-        return fn
-    from torch import _dynamo  # imported by the compiler already; not at `import norms`, which stays light
-    return _dynamo.disable(fn)
+    return _FusedNorm.apply(x, bias, prims, stats, *leaves)
 
 
 IMPLS = ("auto", "reference", "fused")
@@ -93,10 +85,10 @@ def check_impl(impl, layer):
 
 
 class ImplChoice:
-    """The `impl` attribute of layers with a fused path: 'auto', 'reference' or 'fused', checked when set."""
+    """The `impl` attribute of layers with fused implementations ('auto', 'reference' or 'fused'), checked when set.
 
-    # measured on the CPU (see the README section on fused norms): does the torch-op fused path beat the reference?
-    fused_faster_on_cpu = False
+    norms/backends.py turns it, with the input's device, dtype and layout, into the implementation that runs.
+    """
 
     @property
     def impl(self):
@@ -106,21 +98,3 @@ class ImplChoice:
     def impl(self, value):
         check_impl(value, type(self).__name__)
         self._impl = value
-
-    def _fused_prims(self, x):
-        """The primitives to run x with, or None for the reference implementation."""
-        if self._impl == "reference":
-            return None
-        if self._impl == "fused":
-            return kernels.backend(x)
-        if torch.compiler.is_compiling():
-            return None  # the compiler fuses the reference itself; the fused Function would be a graph break
-        if x.is_cuda:
-            return kernels.backend(x) if kernels.wants_triton(x) else None
-        return kernels.eager if self.fused_faster_on_cpu else None
-
-    def _use_cpu_kernels(self, x):
-        """Whether the compiled CPU kernels (norms/kernels/cpu.py) may run x: 'fused', or 'auto' outside torch.compile."""
-        if x.device.type != "cpu" or self._impl == "reference" or kernels.wants_triton(x):
-            return False
-        return self._impl == "fused" or not torch.compiler.is_compiling()

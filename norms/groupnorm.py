@@ -1,24 +1,23 @@
-"""nn.GroupNorm with a fused path (GN, and IN / LN as G = C / G = 1) that keeps channels_last as it is."""
+"""nn.GroupNorm with fused implementations (GN, and IN / LN as G = C / G = 1) that keep channels_last as it is."""
 import torch
 import torch.nn as nn
 
-from . import kernels
-from .fused import ImplChoice, fused_norm, outside_compiler
-from .kernels import cpu as cpu_kernels
+from . import backends
+from .fused import ImplChoice, fused_norm
+from .kernels import ops
 
 
 class GroupNorm2d(ImplChoice, nn.GroupNorm):
     """nn.GroupNorm (same constructor, state_dict and numerics: biased variance) plus `impl`.
 
-    impl="fused" normalizes 4-D inputs with the per-(n, c) kernels: group statistics are merged
-    exactly from the per-channel moments (mean of means; mean of variances plus variance of the
-    means), and channels_last input is read in place, where PyTorch's CUDA group_norm copies it
-    to contiguous and back. On CUDA that is three Triton launches forward and four backward, the
-    group arithmetic inside them (norms/kernels/triton_gn.py). On the CPU "fused" and "auto" run
-    the compiled kernels (gn_cpu.cpp) for float32/bfloat16 4-D input, else nn.GroupNorm's own
-    forward ("auto") or the torch-op fused path ("fused"). "reference" is nn.GroupNorm's own
-    forward; other input ranks always use it.
+    For 4-D input, "fused" and "auto" run the implementation norms/backends.py chooses (compiled CPU
+    kernels, Triton kernels, or the generic fused path of norms/fused.py): group statistics merged
+    exactly from per-channel moments (mean of means; mean of variances plus variance of the means),
+    channels_last read in place. "reference" is nn.GroupNorm's own forward, which other input ranks
+    always use. docs/kernels.md lists the implementations.
     """
+
+    kind = "gn"
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, impl="auto"):
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
@@ -33,18 +32,20 @@ class GroupNorm2d(ImplChoice, nn.GroupNorm):
         if x.shape[1] != self.num_channels:
             raise ValueError(f"{type(self).__name__} expects {self.num_channels} channels, got input of shape "
                              f"{tuple(x.shape)}")
-        if self._use_cpu_kernels(x):
-            lib = cpu_kernels.library_for(x, (self.weight, self.bias))
-            if lib is not None:
-                return outside_compiler(cpu_kernels.group_norm)(lib, x, self.weight, self.bias, self.num_groups,
-                                                                self.eps)
-        prims = self._fused_prims(x)
-        if prims is None:
-            return super().forward(x)
-        if kernels.wants_triton(x):
-            return outside_compiler(kernels.layer_kernels("triton_gn").group_norm)(x, self.weight, self.bias,
-                                                                                 self.num_groups, self.eps)
-        return fused_norm(x, self._fused_stats, self.bias, (self.weight,), prims)
+        return backends.forward(self, x)
+
+    def _forward_reference(self, x):
+        return super().forward(x)
+
+    def _forward_fused(self, x):
+        return fused_norm(x, self._fused_stats, self.bias, (self.weight,))
+
+    def _forward_kernels(self, x, backend):
+        return ops.group_norm(backend, x, self.weight, self.bias, self.num_groups, self.eps)
+
+    def _bn_is_local(self):
+        """GN has no batch statistics: always true."""
+        return True
 
     def _fused_stats(self, mean_in, var_biased, count, leaves, record):
         """(mean, scale) per (n, c) from the per-channel moments of equal counts, merged per group."""

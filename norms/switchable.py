@@ -4,9 +4,9 @@ import torch.nn as nn
 
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
-from .fused import ImplChoice, fused_norm, outside_compiler
-from . import kernels
-from .kernels import cpu as cpu_kernels
+from . import backends
+from .fused import ImplChoice, fused_norm
+from .kernels import ops
 from .running import RunningStatsMixin
 
 
@@ -30,22 +30,12 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
     - stat_groups=k: the BN branch uses per-chunk statistics of k equal consecutive chunks of the
       batch (k emulated GPUs); the EMA moves towards the average of the chunks' statistics.
 
-    impl: "reference" is the code below; "fused" (norms.fused) reads x once for the per-(n, c)
-    moments and once to normalize, and once more with dy for the sums the backward needs and once
-    to write dx. On CUDA these are Triton kernels (NCHW and channels_last, fp32/bf16/fp16/fp64
-    inputs, fp32 or fp64 accumulation) with the mixing and its closed-form derivative inside them,
-    four launches forward and four backward (norms/kernels/triton_sn.py); on the CPU compiled C++
-    kernels for float32/bf16 (norms/kernels/cpu.py, the mixing in double); torch ops elsewhere and
-    for SyncSwitchNorm2d across processes (whose backward re-runs `_mix` with autograd, all-reduce
-    included). It saves only x and (N, C) statistics for backward. "auto" (default): fused on CUDA
-    with Triton and on the CPU (measured faster), reference under torch.compile. Tested
-    agreement: float64 fused vs reference within 1e-10 (outputs, all gradients, buffers); float32
-    within 1e-5; low-precision inputs vs the float64 oracle within the output dtype's rounding
-    (2^-7 relative for bf16). Float32 is accurate to a few ulps of the input's mean: at mean 1e4,
-    5e-3 of a unit-variance output; the variance itself stays exact (no E[x^2] - E[x]^2).
+    impl: "reference" runs the code below; "fused" and "auto" run the implementation norms/backends.py
+    chooses for the input (compiled CPU kernels, Triton kernels, or the generic fused path of
+    norms/fused.py), which compute these same statistics; docs/kernels.md lists them.
     """
 
-    fused_faster_on_cpu = True  # torch-op fused path vs reference, fwd+bwd at ResNet-50 shapes (README)
+    kind = "sn"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.003, using_moving_average=True,
                  using_bn=True, last_gamma=False, stat_groups=1, impl="auto"):
@@ -88,58 +78,41 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
 
     def forward(self, x):
         check_4d(x, type(self).__name__)
-        running = (self.running_mean, self.running_var) if self.using_bn and not self.training else ()
-        prims = self._fused_prims(x)
-        if self._use_cpu_kernels(x) and self._bn_is_local():
-            y = outside_compiler(self._forward_cpu_kernels)(x, running)
-            if y is not None:
-                return y
-        if prims is not None and kernels.wants_triton(x) and self._bn_is_local():
-            return outside_compiler(self._forward_triton)(x, running)
-        if prims is not None:
-            return fused_norm(x, self._fused_stats, self.bias,
-                              (self.weight, self.mean_weight, self.var_weight, *running), prims)
+        return backends.forward(self, x)
+
+    def _running(self):
+        """(running_mean, running_var) where the BN branch reads them (eval mode), else ()."""
+        return (self.running_mean, self.running_var) if self.using_bn and not self.training else ()
+
+    def _forward_reference(self, x):
         n, c, h, w = x.shape
         correction = 1 if h * w > 1 else 0
         xs = x.to(stats_dtype(x))  # one upcast copy for low precision, shared by the statistics and the affine
         var_in, mean_in = torch.var_mean(xs, dim=(2, 3), correction=correction)
-        mean, var = self._mix(mean_in, var_in, self.mean_weight, self.var_weight, running, record=True)
+        mean, var = self._mix(mean_in, var_in, self.mean_weight, self.var_weight, self._running(), record=True)
         scale = self.weight * torch.rsqrt(var + self.eps)
         return affine(xs, scale, self.bias - mean * scale).to(x.dtype)
 
+    def _forward_fused(self, x):
+        leaves = (self.weight, self.mean_weight, self.var_weight, *self._running())
+        return fused_norm(x, self._fused_stats, self.bias, leaves)
+
+    def _forward_kernels(self, x, backend):
+        """y from the whole-layer kernels of `backend` (norms/kernels/ops.py); the buffers move in `_record`."""
+        batch_bn = self.using_bn and self.training
+        running = (self.running_mean, self.running_var) if self.using_bn and not self.training else (None, None)
+        groups = self.stat_groups if batch_bn else 1
+        if batch_bn:
+            check_groups(x.shape[0], groups, type(self).__name__)
+        y, bn = ops.switch_norm(backend, x, self.weight, self.bias, self.mean_weight, self.var_weight, *running,
+                                groups, self.eps)
+        if bn is not None:
+            self._record(bn[0], bn[1], x.shape[0] // groups)
+        return y
+
     def _bn_is_local(self):
-        """True when the BN branch uses this process's batch alone (the compiled CPU kernels' case)."""
+        """True when the BN branch uses this process's batch alone (what the whole-layer kernels compute)."""
         return True
-
-    def _forward_cpu_kernels(self, x, running):
-        """y from the compiled CPU kernels (norms/kernels/cpu.py), or None where they cannot run x."""
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
-        buffers = (self.running_mean, self.running_var) if self.using_bn else ()
-        lib = cpu_kernels.library_for(x, params + buffers)
-        if lib is None:
-            return None
-        n, c = x.shape[:2]
-        k = self.stat_groups
-        batch_bn = self.using_bn and not running
-        if batch_bn:
-            check_groups(n, k, type(self).__name__)
-        ema = buffers if batch_bn and self.using_moving_average and self._population is None else ()
-        y, workspace = cpu_kernels.switch_norm(lib, x, *params, running, k, self.eps, ema, self.momentum)
-        if batch_bn and self._population is not None:
-            self._population.add(*cpu_kernels.batch_statistics(workspace, n, c, k), n // k)
-        return y
-
-    def _forward_triton(self, x, running):
-        """y from the whole-layer Triton kernels (norms/kernels/triton_sn.py); the buffers move in `_record`."""
-        batch_bn = self.using_bn and not running
-        if batch_bn:
-            check_groups(x.shape[0], self.stat_groups, type(self).__name__)
-        y, bn = kernels.layer_kernels("triton_sn").switch_norm(x, self.weight, self.bias, self.mean_weight,
-                                                               self.var_weight, running,
-                                                               self.stat_groups if batch_bn else 1, self.eps)
-        if batch_bn:
-            self._record(bn[:, 0], bn[:, 1], x.shape[0] // self.stat_groups)
-        return y
 
     def _mix(self, mean_in, var_in, mean_logits, var_logits, running, record):
         """Mixed (mean, var) from IN means and unbiased variances, the statistics both implementations share.
@@ -154,7 +127,7 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
         mean = mw[0] * mean_in + mw[1] * mean_ln
         var = vw[0] * var_in + vw[1] * var_ln
         if self.using_bn:
-            mean_bn, var_bn = running or self._bn_branch(mean_in, var_in, record)
+            mean_bn, var_bn = running if len(running) else self._bn_branch(mean_in, var_in, record)
             mean = mean + mw[2] * mean_bn
             var = var + vw[2] * var_bn
         return mean, var
@@ -188,14 +161,14 @@ class SyncSwitchNorm2d(SwitchNorm2d):
     """SwitchNorm2d whose BN branch uses statistics of the global batch, all-reduced across ranks.
 
     IN and LN stay per sample. Ranks may hold different batch sizes; gradients flow through the
-    all-reduce. With no multi-process group it equals SwitchNorm2d with stat_groups=1.
-    Statistics are global, so `stat_groups` (one process emulating several GPUs) does not
-    change them and is ignored. With the fused implementation every rank's backward recomputes
-    the (N, C) statistics graph, all-reduce included, so ranks issue the same collectives.
+    all-reduce. With no multi-process group it equals SwitchNorm2d with stat_groups=1; statistics
+    are global, so it has no `stat_groups`. With the generic fused implementation every rank's
+    backward recomputes the (N, C) statistics graph, all-reduce included, so ranks issue the same
+    collectives.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.003, using_moving_average=True,
-                 using_bn=True, last_gamma=False, stat_groups=1, process_group=None, impl="auto"):
+                 using_bn=True, last_gamma=False, process_group=None, impl="auto"):
         super().__init__(num_features, eps, momentum, using_moving_average, using_bn, last_gamma, 1, impl)
         self.process_group = process_group
 

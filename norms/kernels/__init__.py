@@ -1,10 +1,13 @@
-"""Per-(n, c) primitives of the fused norms: Triton kernels on CUDA, plain torch ops elsewhere.
+"""The fused norms' kernels: compiled CPU kernels, Triton kernels, and the per-(n, c) primitives.
 
-`backend(x)` returns a module with nc_moments, nc_apply, nc_grad_sums and nc_grad_input, which the
-generic fused path (norms/fused.py) runs. SwitchNorm2d and GroupNorm2d first try their whole-layer
-kernels: `layer_kernels('triton_sn' / 'triton_gn')` where Triton runs x, `cpu.py` on the CPU. Triton is imported only on first use, and a missing Triton leaves the torch-op path working. With
-TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's interpreter
-(how CI tests them without a GPU); the variable must be set before the kernels are first imported.
+`ops` registers the whole-layer kernels (cpu.py, triton_sn.py, triton_gn.py) as torch.library
+operators; norms/backends.py chooses among them. `backend(x)` returns the module of per-(n, c)
+primitives (nc_moments, nc_apply, nc_grad_sums, nc_grad_input) that the generic fused path
+(norms/fused.py) runs: the Triton ones (triton_nc.py) where Triton runs x, else plain torch ops
+(eager.py). Triton is imported only on first use, and a missing Triton leaves the torch-op path
+working. With TRITON_INTERPRET=1 in the environment CPU tensors run the Triton kernels in Triton's
+interpreter (how CI tests them without a GPU); the variable must be set before the kernels are
+first imported.
 """
 import importlib.util
 import os
@@ -12,8 +15,6 @@ import os
 from . import eager
 
 _triton_nc = None
-
-
 _triton_found = None
 
 
@@ -32,24 +33,21 @@ def _kernels():
     return _triton_nc
 
 
-def layer_kernels(name):
-    """A whole-layer Triton module ('triton_sn', 'triton_gn'), imported on first use after triton_nc."""
-    _kernels()
-    return importlib.import_module(f"{__name__}.{name}")
-
-
-def wants_triton(x):
-    """True where the Triton kernels can run x: CUDA tensors, or any tensor under TRITON_INTERPRET=1."""
-    if x.numel() == 0 or not triton_available():
-        return False  # an empty batch (a rank without samples) has nothing to launch
-    if x.is_cuda:
-        return True
-    if os.environ.get("TRITON_INTERPRET") != "1":
+def interpreted():
+    """True where CPU tensors can run the Triton kernels: TRITON_INTERPRET=1, and the kernels (if already
+    imported) were decorated for the interpreter."""
+    if os.environ.get("TRITON_INTERPRET") != "1" or not triton_available():
         return False
-    # kernels decorated without the interpreter (imported earlier for CUDA) cannot run CPU tensors
     return _triton_nc is None or _triton_nc.INTERPRETED
 
 
+def wants_triton(x):
+    """True where the Triton kernels can run x: non-empty CUDA tensors, or any under the interpreter."""
+    if x.numel() == 0 or not triton_available():
+        return False  # an empty batch (a rank without samples) has nothing to launch
+    return x.is_cuda or interpreted()
+
+
 def backend(x):
-    """The primitives for tensor x: Triton kernels where they can run it, otherwise the torch ops."""
+    """The per-(n, c) primitives for tensor x: Triton kernels where they can run it, otherwise the torch ops."""
     return _kernels() if wants_triton(x) else eager

@@ -3,55 +3,48 @@
 Forward: one pass for the per-(n, c) moments, the IN/LN/BN mixing in double, one pass writing y.
 Backward: one pass over (x, dy) for the per-(n, c) sums, the closed-form derivative of the mixing
 in double, one pass writing dx (sn_cpu.cpp; GN, IN and LN the same way with exact group merges,
-gn_cpu.cpp). Saved for backward: x and an (N, C)-sized double workspace. Float32 and bfloat16 inputs,
-NCHW or channels_last; anything else takes the layer's other paths (`library_for`).
+gn_cpu.cpp). What backward needs is an (N, C)-sized double workspace besides x. Float32 and bfloat16
+inputs, NCHW or channels_last, float32 parameters (`runs`). These are the bodies of the custom
+operators of norms/kernels/ops.py, which own the autograd; nothing here records gradients.
 """
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import cpu_build
 
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
-def _layout(x):
-    """0 (NCHW), 1 (channels_last) or None (other strides)."""
-    if x.is_contiguous():
-        return 0
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return 1
-    return None
+def memory_format(x):
+    """channels_last when x is laid out so (and not also plainly contiguous), else contiguous_format."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
-def library_for(x, tensors):
-    """The compiled library where it can run x with these float32 parameters and buffers, else None."""
-    if x.dtype not in DTYPES or x.device.type != "cpu" or x.numel() == 0 or _layout(x) is None:
-        return None
-    for t in tensors:
-        if t is None:
-            continue
-        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-            return None
-    return cpu_build.library()[0]
+def runs(dtype, param_dtype):
+    """Whether the compiled kernels take inputs of `dtype` with parameters of `param_dtype` (None: no parameters)."""
+    return dtype in DTYPES and param_dtype in (torch.float32, None)
+
+
+def available():
+    """(True, "") when the library is built and loaded, else (False, why)."""
+    lib, why = cpu_build.library()
+    return lib is not None, why
+
+
+def _dense(x):
+    """x in its memory format (a copy only for other strides), an empty tensor like it, the layout flag (1: channels_last)."""
+    fmt = memory_format(x)
+    x = x.contiguous(memory_format=fmt)
+    return x, torch.empty_like(x, memory_format=fmt), int(fmt == torch.channels_last)
 
 
 def _ptr(t):
-    return None if t is None else t.data_ptr()
-
-
-def _empty_output(x, layout):
-    return torch.empty_like(x, memory_format=torch.channels_last if layout else torch.contiguous_format)
-
-
-def _backward_tensors(ctx, dy):
-    """(x, weight, workspace) saved by a forward, dy in x's dtype and layout, and an empty dx."""
-    x, weight, workspace = ctx.saved_tensors
-    fmt = torch.channels_last if ctx.layout else torch.contiguous_format
-    return x, weight, workspace, dy.to(x.dtype).contiguous(memory_format=fmt), _empty_output(x, ctx.layout)
+    return None if t is None else t.data_ptr()  # parameters and buffers: 1-D, contiguous
 
 
 def workspace_size(n, c, k):
-    """Doubles in the kernels' workspace (the layout is documented in sn_cpu.cpp)."""
+    """Doubles in the SN kernels' workspace (the layout is documented in sn_cpu.cpp)."""
     return 6 + 4 * n * c + 2 * n + 2 * k * c
 
 
@@ -61,75 +54,56 @@ def batch_statistics(workspace, n, c, k):
     return bn[0], bn[1]
 
 
-class _SwitchNormCPU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lib, x, weight, bias, mean_logits, var_logits, running, groups, eps, ema, momentum, workspace):
-        n, c, h, w = x.shape
-        layout = _layout(x)
-        y = _empty_output(x, layout)
-        run_mean, run_var = running or (None, None)
-        ema_mean, ema_var = ema or (None, None)
-        lib.sn_forward(x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, weight.data_ptr(),
-                       bias.data_ptr(), mean_logits.data_ptr(), var_logits.data_ptr(), mean_logits.numel(),
-                       _ptr(run_mean), _ptr(run_var), groups, eps, _ptr(ema_mean), _ptr(ema_var), momentum,
-                       workspace.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(x, weight, workspace)
-        ctx.lib, ctx.layout, ctx.groups, ctx.branches, ctx.eval = lib, layout, groups, mean_logits.numel(), bool(running)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight, workspace, dy, dx = _backward_tensors(ctx, dy)
-        n, c, h, w = x.shape
-        d_weight, d_bias, d_mean, d_var = (torch.empty(size) for size in (c, c, ctx.branches, ctx.branches))
-        ctx.lib.sn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
-                        weight.data_ptr(), ctx.branches, int(ctx.eval), ctx.groups, workspace.data_ptr(),
-                        d_weight.data_ptr(), d_bias.data_ptr(), d_mean.data_ptr(), d_var.data_ptr(),
-                        torch.get_num_threads())
-        return None, dx, d_weight, d_bias, d_mean, d_var, None, None, None, None, None, None
-
-
-def switch_norm(lib, x, weight, bias, mean_logits, var_logits, running=(), groups=1, eps=1e-5, ema=(), momentum=0.0):
-    """(y, workspace): SN of x (see norms.SwitchNorm2d) and the statistics it used (`batch_statistics`).
-
-    `lib`: from `library_for`; `running`: (running_mean, running_var) in eval mode, else () and the
-    BN branch uses `groups` chunks of the batch; `ema`: the buffers the kernel moves by `momentum`
-    towards the batch statistics averaged over the groups (training only), or () to leave them.
-    """
-    n, c = x.shape[:2]
-    groups = 1 if running else groups
+def switch_norm_forward(x, weight, bias, mean_logits, var_logits, running_mean, running_var, groups, eps):
+    """(y, workspace): SN of x (see norms.SwitchNorm2d) with the BN branch from the running buffers when given,
+    else from `groups` chunks of the batch; `batch_statistics(workspace, ...)` reads the batch statistics."""
+    x, y, layout = _dense(x)
+    n, c, h, w = x.shape
+    groups = 1 if running_mean is not None else groups
     workspace = torch.empty(workspace_size(n, c, groups), dtype=torch.float64)
-    y = _SwitchNormCPU.apply(lib, x, weight, bias, mean_logits, var_logits, tuple(running), groups, eps, tuple(ema),
-                             momentum, workspace)
+    cpu_build.library()[0].sn_forward(
+        x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, _ptr(weight), _ptr(bias),
+        _ptr(mean_logits), _ptr(var_logits), mean_logits.numel(), _ptr(running_mean), _ptr(running_var), groups,
+        eps, workspace.data_ptr(), torch.get_num_threads())
     return y, workspace
 
 
-class _GroupNormCPU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lib, x, weight, bias, groups, eps):
-        n, c, h, w = x.shape
-        layout = _layout(x)
-        y = _empty_output(x, layout)
-        workspace = torch.empty(2 * n * c + 2 * n * groups, dtype=torch.float64)
-        lib.gn_forward(x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, groups, _ptr(weight),
-                       _ptr(bias), eps, workspace.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(x, weight, workspace)
-        ctx.lib, ctx.layout, ctx.groups = lib, layout, groups
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, weight, workspace, dy, dx = _backward_tensors(ctx, dy)
-        n, c, h, w = x.shape
-        d_weight, d_bias = (None, None) if weight is None else (torch.empty(c), torch.empty(c))
-        ctx.lib.gn_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], ctx.layout, n, c, h * w,
-                            ctx.groups, _ptr(weight), workspace.data_ptr(), _ptr(d_weight), _ptr(d_bias),
-                            torch.get_num_threads())
-        return None, dx, d_weight, d_bias, None, None
+def _backward_inputs(x, dy):
+    """(x, dy, dx, layout): x dense, dy in x's dtype and layout, dx allocated like x."""
+    x, dx, layout = _dense(x)
+    return x, dy.to(x.dtype).contiguous(memory_format=memory_format(x)), dx, layout
 
 
-def group_norm(lib, x, weight, bias, groups, eps):
-    """F.group_norm(x, groups, weight, bias, eps) for a 4-D x (`lib` from `library_for`; weight/bias may be None)."""
-    return _GroupNormCPU.apply(lib, x, weight, bias, groups, eps)
+def switch_norm_backward(dy, x, weight, workspace, branches, eval_mode, groups):
+    """(dx, d weight, d bias, d mean logits, d var logits) of a `switch_norm_forward` that left `workspace`."""
+    x, dy, dx, layout = _backward_inputs(x, dy)
+    n, c, h, w = x.shape
+    d_weight, d_bias, d_mean, d_var = (torch.empty(size) for size in (c, c, branches, branches))
+    cpu_build.library()[0].sn_backward(
+        x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, _ptr(weight), branches,
+        int(eval_mode), groups, workspace.data_ptr(), d_weight.data_ptr(), d_bias.data_ptr(), d_mean.data_ptr(),
+        d_var.data_ptr(), torch.get_num_threads())
+    return dx, d_weight, d_bias, d_mean, d_var
+
+
+def group_norm_forward(x, weight, bias, groups, eps):
+    """(y, workspace): F.group_norm(x, groups, weight, bias, eps) of a 4-D x (weight and bias may be None)."""
+    x, y, layout = _dense(x)
+    n, c, h, w = x.shape
+    workspace = torch.empty(2 * n * c + 2 * n * groups, dtype=torch.float64)
+    cpu_build.library()[0].gn_forward(x.data_ptr(), y.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, groups,
+                                      _ptr(weight), _ptr(bias), eps, workspace.data_ptr(), torch.get_num_threads())
+    return y, workspace
+
+
+def group_norm_backward(dy, x, weight, workspace, groups):
+    """(dx, d weight, d bias) of a `group_norm_forward`; the parameter gradients are empty without weight."""
+    x, dy, dx, layout = _backward_inputs(x, dy)
+    n, c, h, w = x.shape
+    size = 0 if weight is None else c
+    d_weight, d_bias = torch.empty(size), torch.empty(size)
+    cpu_build.library()[0].gn_backward(
+        x.data_ptr(), dy.data_ptr(), dx.data_ptr(), DTYPES[x.dtype], layout, n, c, h * w, groups, _ptr(weight),
+        workspace.data_ptr(), None if weight is None else d_weight.data_ptr(),
+        None if weight is None else d_bias.data_ptr(), torch.get_num_threads())
+    return dx, d_weight, d_bias

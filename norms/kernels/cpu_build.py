@@ -37,7 +37,7 @@ def _compiler():
 
 def _declare(lib):
     p, i, L, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
-    lib.sn_forward.argtypes = [p, p, i, i, L, L, L, p, p, p, p, i, p, p, L, d, p, p, d, p, i]
+    lib.sn_forward.argtypes = [p, p, i, i, L, L, L, p, p, p, p, i, p, p, L, d, p, i]
     lib.sn_forward.restype = None
     lib.sn_backward.argtypes = [p, p, p, i, i, L, L, L, p, i, i, L, p, p, p, p, p, i]
     lib.sn_backward.restype = None

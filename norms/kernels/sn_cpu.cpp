@@ -93,19 +93,10 @@ void mix(const Ws& w, long N, long C, long HW, long k, int nb, const float* run_
 template <class T>
 void forward(const T* x, T* y, int cl, long N, long C, long HW, const float* weight, const float* bias,
              const float* mean_logits, const float* var_logits, int nb, const float* run_mean,
-             const float* run_var, long k, double eps, float* ema_mean, float* ema_var, double momentum,
-             double* workspace, int threads) {
+             const float* run_var, long k, double eps, double* workspace, int threads) {
   Ws w(workspace, N, C, k);
   moments(x, cl, N, C, HW, w.mean_in, w.var_b, threads);
   mix(w, N, C, HW, k, nb, run_mean, run_var, mean_logits, var_logits, eps);
-  if (ema_mean && nb == 3 && !run_mean) {  // running += momentum * (average over groups - running)
-    for (long c = 0; c < C; ++c) {
-      double bm = 0, bv = 0;
-      for (long g = 0; g < k; ++g) bm += w.bn_mean[g * C + c], bv += w.bn_var[g * C + c];
-      ema_mean[c] = float(ema_mean[c] + momentum * (bm / k - ema_mean[c]));
-      ema_var[c] = float(ema_var[c] + momentum * (bv / k - ema_var[c]));
-    }
-  }
   float *m = scratch<float>(3 * N * C, 0), *s = m + N * C, *t = s + N * C;
   for (long n = 0; n < N; ++n) {  // centered on mean_in: y = (x - mean_in) * s + bias + (mean_in - mu) * s
 #pragma omp simd
@@ -196,14 +187,13 @@ extern "C" {
 
 void sn_forward(const void* x, void* y, int is_bf16, int cl, long N, long C, long HW, const float* weight,
                 const float* bias, const float* mean_logits, const float* var_logits, int nb,
-                const float* run_mean, const float* run_var, long k, double eps, float* ema_mean, float* ema_var,
-                double momentum, double* workspace, int threads) {
+                const float* run_mean, const float* run_var, long k, double eps, double* workspace, int threads) {
   if (is_bf16)
     forward((const bf16*)x, (bf16*)y, cl, N, C, HW, weight, bias, mean_logits, var_logits, nb, run_mean,
-            run_var, k, eps, ema_mean, ema_var, momentum, workspace, threads);
+            run_var, k, eps, workspace, threads);
   else
     forward((const float*)x, (float*)y, cl, N, C, HW, weight, bias, mean_logits, var_logits, nb, run_mean,
-            run_var, k, eps, ema_mean, ema_var, momentum, workspace, threads);
+            run_var, k, eps, workspace, threads);
 }
 
 void sn_backward(const void* x, const void* dy, void* dx, int is_bf16, int cl, long N, long C, long HW,

@@ -11,12 +11,12 @@ over the M = (C / G) * H * W values of a group,
 
     dx = rstd * (w * dy - A / M - x_hat * B / M),  A = sum w * dy,  B = sum w * dy * x_hat,
 
-with A and B from the per-channel sums. Accumulation in float32 (float64 for float64 input).
+with A and B from the per-channel sums. Accumulation in float32 (float64 for float64 input). These
+are the bodies of the custom operators of norms/kernels/ops.py, which own the autograd.
 """
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from . import triton_nc as nc
 from .triton_nc import _add
@@ -113,53 +113,45 @@ def _block(cpg):
     return min(triton.next_power_of_2(cpg), _BLOCK)
 
 
-class _GroupNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups, eps):
-        x, sx, mean_p, m2_p, chunk = nc.moment_partials(x)
-        n, c, h, w = x.shape
-        acc, meta_acc = nc._acc_torch(x), nc._acc(x)
-        m, scale, shift = (torch.empty(n, c, dtype=acc, device=x.device) for _ in range(3))
-        rstd = torch.empty(n, groups, dtype=acc, device=x.device)
-        has_w = weight is not None
-        _gn_groups_kernel[(n * groups,)](mean_p, m2_p, weight if has_w else m, bias if has_w else m, m, scale, shift,
-                                         rstd, c, groups, c // groups, h * w, chunk, mean_p.shape[2], eps,
-                                         HAS_W=has_w, ACC=meta_acc, BLOCK_C=_block(c // groups))
-        y = torch.empty_like(x)
-        grid, chunk, meta = nc._plan(x, sx, reduction=False)
-        nc._apply_kernel[grid](x, y, m, scale, shift, c, L=h * w, chunk=chunk, **nc._named(sx, "x"),
-                               **nc._named(nc._strides(y), "y"), ACC=meta_acc, **meta)
-        ctx.groups, ctx.dtypes = groups, (None, None) if weight is None else (weight.dtype, bias.dtype)
-        ctx.save_for_backward(x, m, rstd, weight)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        x, m, rstd, weight = ctx.saved_tensors
-        n, c, h, w = x.shape
-        groups = ctx.groups
-        x, sx, dy, sg, sdy_p, sdyxc_p = nc.grad_sum_partials(x, dy, m)
-        acc, meta_acc = nc._acc_torch(x), nc._acc(x)
-        scale, k1, k0 = (torch.empty(n, c, dtype=acc, device=x.device) for _ in range(3))
-        cols = torch.empty(2, n, c, dtype=acc, device=x.device)  # sum dy, rstd * sum dy (x - mean)
-        has_w = weight is not None
-        _gn_grad_groups_kernel[(n * groups,)](sdy_p, sdyxc_p, weight if has_w else m, rstd, scale, k1, k0, cols,
-                                              n, c, groups, c // groups, h * w, sdy_p.shape[2], HAS_W=has_w,
-                                              ACC=meta_acc, BLOCK_C=_block(c // groups))
-        d_weight = d_bias = None
-        if has_w:
-            d_bias, d_weight = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
-            _gn_columns_kernel[(triton.cdiv(c, _COL_BLOCK_C),)](cols, d_bias, d_weight, n, c, ACC=meta_acc,
-                                                                BLOCK_N=_COL_BLOCK_N, BLOCK_C=_COL_BLOCK_C)
-            d_weight, d_bias = d_weight.to(ctx.dtypes[0]), d_bias.to(ctx.dtypes[1])
-        dx = torch.empty_like(x)
-        grid, chunk, meta = nc._plan(x, sx, reduction=False)
-        nc._grad_input_kernel[grid](x, dy, dx, m, scale, k1, k0, c, L=h * w, chunk=chunk, **nc._named(sx, "x"),
-                                    **nc._named(sg, "g"), **nc._named(nc._strides(dx), "d"), ACC=meta_acc, **meta)
-        return dx, d_weight, d_bias, None, None
+def forward(x, weight, bias, groups, eps):
+    """(y, mean, rstd): F.group_norm(x, groups, weight, bias, eps) of a 4-D CUDA (or interpreted) x, the per-(n, c)
+    mean and per-(n, group) 1 / sqrt(var + eps) that `backward` reads; weight and bias may be None."""
+    x, sx, mean_p, m2_p, chunk = nc.moment_partials(x)
+    n, c, h, w = x.shape
+    acc, meta_acc = nc._acc_torch(x), nc._acc(x)
+    m, scale, shift = (torch.empty(n, c, dtype=acc, device=x.device) for _ in range(3))
+    rstd = torch.empty(n, groups, dtype=acc, device=x.device)
+    has_w = weight is not None
+    _gn_groups_kernel[(n * groups,)](mean_p, m2_p, weight if has_w else m, bias if has_w else m, m, scale, shift,
+                                     rstd, c, groups, c // groups, h * w, chunk, mean_p.shape[2], eps,
+                                     HAS_W=has_w, ACC=meta_acc, BLOCK_C=_block(c // groups))
+    y = torch.empty_like(x)
+    grid, chunk, meta = nc._plan(x, sx, reduction=False)
+    nc._apply_kernel[grid](x, y, m, scale, shift, c, L=h * w, chunk=chunk, **nc._named(sx, "x"),
+                           **nc._named(nc._strides(y), "y"), ACC=meta_acc, **meta)
+    return y, m, rstd
 
 
-def group_norm(x, weight, bias, groups, eps):
-    """F.group_norm(x, groups, weight, bias, eps) for a 4-D CUDA (or interpreted) x; weight and bias may be None."""
-    return _GroupNorm.apply(x, weight, bias, groups, eps)
+def backward(dy, x, m, rstd, weight, groups):
+    """(dx, d weight, d bias) of a `forward` that returned (m, rstd); the parameter gradients are empty without weight."""
+    n, c, h, w = x.shape
+    x, sx, dy, sg, sdy_p, sdyxc_p = nc.grad_sum_partials(x, dy, m)
+    acc, meta_acc = nc._acc_torch(x), nc._acc(x)
+    scale, k1, k0 = (torch.empty(n, c, dtype=acc, device=x.device) for _ in range(3))
+    cols = torch.empty(2, n, c, dtype=acc, device=x.device)  # sum dy, rstd * sum dy (x - mean)
+    has_w = weight is not None
+    _gn_grad_groups_kernel[(n * groups,)](sdy_p, sdyxc_p, weight if has_w else m, rstd, scale, k1, k0, cols,
+                                          n, c, groups, c // groups, h * w, sdy_p.shape[2], HAS_W=has_w,
+                                          ACC=meta_acc, BLOCK_C=_block(c // groups))
+    if has_w:
+        d_bias, d_weight = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
+        _gn_columns_kernel[(triton.cdiv(c, _COL_BLOCK_C),)](cols, d_bias, d_weight, n, c, ACC=meta_acc,
+                                                            BLOCK_N=_COL_BLOCK_N, BLOCK_C=_COL_BLOCK_C)
+        d_weight, d_bias = d_weight.to(weight.dtype), d_bias.to(weight.dtype)
+    else:
+        d_weight, d_bias = (torch.empty(0, dtype=acc, device=x.device) for _ in range(2))
+    dx = torch.empty_like(x)
+    grid, chunk, meta = nc._plan(x, sx, reduction=False)
+    nc._grad_input_kernel[grid](x, dy, dx, m, scale, k1, k0, c, L=h * w, chunk=chunk, **nc._named(sx, "x"),
+                                **nc._named(sg, "g"), **nc._named(nc._strides(dx), "d"), ACC=meta_acc, **meta)
+    return dx, d_weight, d_bias

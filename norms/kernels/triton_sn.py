@@ -11,12 +11,12 @@ the kernels, with the formulas of sn_cpu.cpp (double there, ACC here: float32, f
               row sums | cols: column sums per group, d weight, d bias, d logits | input: dx
 
 The running buffers are moved by the caller (SwitchNorm2d._record) from the per-group BN statistics
-that `switch_norm` returns, so the EMA and recalibration code is the reference implementation's.
+that `forward` returns, so the EMA and recalibration code is the reference implementation's. These
+are the bodies of the custom operators of norms/kernels/ops.py, which own the autograd.
 """
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from . import triton_nc as nc
 from .triton_nc import _add, _channels
@@ -284,76 +284,64 @@ def _row_block(c):
     return min(triton.next_power_of_2(c), _ROW_BLOCK)
 
 
-class _SwitchNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, mean_logits, var_logits, running_mean, running_var, groups, eps):
-        running = () if running_mean is None else (running_mean, running_var)
-        x, sx, mean_p, m2_p, chunk = nc.moment_partials(x)
-        n, c, h, w = x.shape
-        acc = nc._acc_torch(x)
-        meta_acc = nc._acc(x)
-        stats = torch.empty(2, n, c, dtype=acc, device=x.device)
-        rows = torch.empty(n, 2, dtype=acc, device=x.device)
-        _sn_rows_kernel[(n,)](mean_p, m2_p, stats, rows, n, c, h * w, chunk, mean_p.shape[2], ACC=meta_acc,
-                           BLOCK_C=_row_block(c))
-        nb = mean_logits.numel()
-        bn = None
-        if nb == 3 and not running:
-            bn = torch.empty(groups, 2, c, dtype=acc, device=x.device)
-            _sn_bn_kernel[(triton.cdiv(c, _COL_BLOCK_C),)](stats, bn, n, c, h * w, n // groups, groups, ACC=meta_acc,
-                                                        BLOCK_N=_COL_BLOCK_N, BLOCK_C=_COL_BLOCK_C)
-        bm, bv, g_stride, per = _bn_source(stats, bn, running, n, groups)
-        y = torch.empty_like(x)
-        grid, chunk, meta = nc._plan(x, sx, reduction=False)
-        _sn_apply_kernel[grid](x, y, stats, rows, bm, bv, g_stride, weight, bias, mean_logits, var_logits, nb, n, c,
-                            L=h * w, chunk=chunk, per=per, eps=eps, **nc._named(sx, "x"),
-                            **nc._named(nc._strides(y), "y"), HAS_BN=nb == 3, ACC=meta_acc, **meta)
-        ctx.groups, ctx.eps, ctx.dtypes = groups, eps, (weight.dtype, bias.dtype, mean_logits.dtype)
-        ctx.batch_bn = bn is not None
-        ctx.save_for_backward(x, stats, rows, weight, mean_logits, var_logits,
-                              *(bn,) if bn is not None else running)
-        bn_out = stats.new_empty(0) if bn is None else bn
-        ctx.mark_non_differentiable(bn_out)
-        ctx.set_materialize_grads(False)  # no zero-filled gradient for bn_out
-        return y, bn_out
+def forward(x, weight, bias, mean_logits, var_logits, running_mean, running_var, groups, eps):
+    """(y, stats, rows, bn): SN of a CUDA (or interpreted) x, see norms.SwitchNorm2d, and what `backward` reads.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, _):
-        x, stats, rows, weight, mean_logits, var_logits, *bn_or_running = ctx.saved_tensors
-        bn = bn_or_running[0] if ctx.batch_bn else None
-        running = () if ctx.batch_bn else tuple(bn_or_running)
-        n, c, h, w = x.shape
-        nb = mean_logits.numel()
-        x, sx, dy, sg, sdy_p, sdyxc_p = nc.grad_sum_partials(x, dy, stats[0])
-        acc, meta_acc = nc._acc_torch(x), nc._acc(x)
-        work = torch.empty(5, n, c, dtype=acc, device=x.device)
-        rsum = torch.empty(n, 8, dtype=acc, device=x.device)
-        bm, bv, g_stride, per = _bn_source(stats, bn, running, n, ctx.groups)
-        _sn_grad_rows_kernel[(n,)](sdy_p, sdyxc_p, stats, rows, bm, bv, g_stride, weight, mean_logits, var_logits, nb,
-                                work, rsum, n, c, h * w, sdy_p.shape[2], per, ctx.eps, HAS_BN=nb == 3,
-                                ACC=meta_acc, BLOCK_C=_row_block(c))
-        csum = torch.empty(ctx.groups, 2, c, dtype=acc, device=x.device) if ctx.batch_bn else work
-        d_weight, d_bias = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
-        d_mean, d_var = (torch.empty(nb, dtype=acc, device=x.device) for _ in range(2))
-        k, per_col = (ctx.groups, per) if ctx.batch_bn else (1, n)
-        _sn_grad_cols_kernel[(triton.cdiv(c, _COL_BLOCK_C),)](work, rsum, csum, d_weight, d_bias, mean_logits,
-                                                           var_logits, d_mean, d_var, nb, n, c, per_col, k,
-                                                           BATCH_BN=ctx.batch_bn, ACC=meta_acc,
-                                                           BLOCK_N=_COL_BLOCK_N, BLOCK_C=_COL_BLOCK_C)
-        dx = torch.empty_like(x)
-        grid, chunk, meta = nc._plan(x, sx, reduction=False)
-        _sn_grad_input_kernel[grid](x, dy, dx, stats, rows, bm, g_stride, work, rsum, csum, mean_logits, var_logits,
-                                 nb, n, c, L=h * w, chunk=chunk, per=per, **nc._named(sx, "x"),
-                                 **nc._named(sg, "g"), **nc._named(nc._strides(dx), "d"), BATCH_BN=ctx.batch_bn,
-                                 ACC=meta_acc, **meta)
-        w_dtype, b_dtype, l_dtype = ctx.dtypes
-        return (dx, d_weight.to(w_dtype), d_bias.to(b_dtype), d_mean.to(l_dtype), d_var.to(l_dtype),
-                None, None, None, None)
+    stats: per-(n, c) mean and biased variance (2, N, C); rows: LN mean and variance (N, 2); bn: the
+    BN branch's batch statistics [group, mean|var, C] in training, empty in eval (the running buffers
+    are given) or without a BN branch.
+    """
+    running = () if running_mean is None else (running_mean, running_var)
+    x, sx, mean_p, m2_p, chunk = nc.moment_partials(x)
+    n, c, h, w = x.shape
+    acc = nc._acc_torch(x)
+    meta_acc = nc._acc(x)
+    stats = torch.empty(2, n, c, dtype=acc, device=x.device)
+    rows = torch.empty(n, 2, dtype=acc, device=x.device)
+    _sn_rows_kernel[(n,)](mean_p, m2_p, stats, rows, n, c, h * w, chunk, mean_p.shape[2], ACC=meta_acc,
+                          BLOCK_C=_row_block(c))
+    nb = mean_logits.numel()
+    bn = None
+    if nb == 3 and not running:
+        bn = torch.empty(groups, 2, c, dtype=acc, device=x.device)
+        _sn_bn_kernel[(triton.cdiv(c, _COL_BLOCK_C),)](stats, bn, n, c, h * w, n // groups, groups, ACC=meta_acc,
+                                                       BLOCK_N=_COL_BLOCK_N, BLOCK_C=_COL_BLOCK_C)
+    bm, bv, g_stride, per = _bn_source(stats, bn, running, n, groups)
+    y = torch.empty_like(x)
+    grid, chunk, meta = nc._plan(x, sx, reduction=False)
+    _sn_apply_kernel[grid](x, y, stats, rows, bm, bv, g_stride, weight, bias, mean_logits, var_logits, nb, n, c,
+                           L=h * w, chunk=chunk, per=per, eps=eps, **nc._named(sx, "x"),
+                           **nc._named(nc._strides(y), "y"), HAS_BN=nb == 3, ACC=meta_acc, **meta)
+    return y, stats, rows, stats.new_empty(0) if bn is None else bn
 
 
-def switch_norm(x, weight, bias, mean_logits, var_logits, running=(), groups=1, eps=1e-5):
-    """(y, bn): SN of a CUDA (or interpreted) x, see norms.SwitchNorm2d; `bn` is the [group, mean|var, C] batch
-    statistics of the BN branch in training (empty in eval, where `running` holds the buffers, or without it)."""
-    running_mean, running_var = running or (None, None)
-    return _SwitchNorm.apply(x, weight, bias, mean_logits, var_logits, running_mean, running_var, groups, eps)
+def backward(dy, x, stats, rows, weight, mean_logits, var_logits, running_mean, running_var, bn, groups, eps):
+    """(dx, d weight, d bias, d mean logits, d var logits) of a `forward` that returned (stats, rows, bn)."""
+    batch_bn = bn.numel() > 0
+    running = () if batch_bn or running_mean is None else (running_mean, running_var)
+    n, c, h, w = x.shape
+    nb = mean_logits.numel()
+    x, sx, dy, sg, sdy_p, sdyxc_p = nc.grad_sum_partials(x, dy, stats[0])
+    acc, meta_acc = nc._acc_torch(x), nc._acc(x)
+    work = torch.empty(5, n, c, dtype=acc, device=x.device)
+    rsum = torch.empty(n, 8, dtype=acc, device=x.device)
+    bm, bv, g_stride, per = _bn_source(stats, bn if batch_bn else None, running, n, groups)
+    _sn_grad_rows_kernel[(n,)](sdy_p, sdyxc_p, stats, rows, bm, bv, g_stride, weight, mean_logits, var_logits, nb,
+                               work, rsum, n, c, h * w, sdy_p.shape[2], per, eps, HAS_BN=nb == 3,
+                               ACC=meta_acc, BLOCK_C=_row_block(c))
+    csum = torch.empty(groups, 2, c, dtype=acc, device=x.device) if batch_bn else work
+    d_weight, d_bias = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
+    d_mean, d_var = (torch.empty(nb, dtype=acc, device=x.device) for _ in range(2))
+    k, per_col = (groups, per) if batch_bn else (1, n)
+    _sn_grad_cols_kernel[(triton.cdiv(c, _COL_BLOCK_C),)](work, rsum, csum, d_weight, d_bias, mean_logits,
+                                                          var_logits, d_mean, d_var, nb, n, c, per_col, k,
+                                                          BATCH_BN=batch_bn, ACC=meta_acc,
+                                                          BLOCK_N=_COL_BLOCK_N, BLOCK_C=_COL_BLOCK_C)
+    dx = torch.empty_like(x)
+    grid, chunk, meta = nc._plan(x, sx, reduction=False)
+    _sn_grad_input_kernel[grid](x, dy, dx, stats, rows, bm, g_stride, work, rsum, csum, mean_logits, var_logits,
+                                nb, n, c, L=h * w, chunk=chunk, per=per, **nc._named(sx, "x"),
+                                **nc._named(sg, "g"), **nc._named(nc._strides(dx), "d"), BATCH_BN=batch_bn,
+                                ACC=meta_acc, **meta)
+    return (dx, d_weight.to(weight.dtype), d_bias.to(weight.dtype), d_mean.to(mean_logits.dtype),
+            d_var.to(var_logits.dtype))

@@ -71,3 +71,12 @@ def make_x(shape, dtype, channels_last, mean=1.0, seed=0):
     x = torch.randn(shape, generator=gen) * 2 + mean
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.to(dtype).to(DEVICE).contiguous(memory_format=fmt)
+
+
+def op_node(op):
+    """Name of the autograd node torch gives the outputs of custom operator snorm::`op` (norms/kernels/ops.py)."""
+    return f"GeneratedBackwardFor_snorm_{op}_defaultBackward"
+
+
+SN_CPU, GN_CPU = op_node("switch_norm_cpu"), op_node("group_norm_cpu")
+SN_TRITON, GN_TRITON = op_node("switch_norm_triton"), op_node("group_norm_triton")

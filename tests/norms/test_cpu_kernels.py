@@ -8,7 +8,7 @@ import torch
 import norms
 from norms import SwitchNorm2d, SyncSwitchNorm2d
 from norms.kernels import cpu, cpu_build
-from tests.norms.helpers import LAYOUTS, kernel_step, make_pair, run_oracle, saved_numel
+from tests.norms.helpers import GN_CPU, LAYOUTS, SN_CPU, kernel_step, make_pair, run_oracle, saved_numel
 
 pytestmark = pytest.mark.usefixtures("compiled_kernels")  # tests/norms/conftest.py: builds or skips
 
@@ -18,7 +18,7 @@ def make_layer(c, seed=0, **kwargs):
     return make_pair(c, dtype=torch.float32, seed=seed, **kwargs)[1]
 
 
-def run(layer, x, dy, kernel="_SwitchNormCPUBackward"):
+def run(layer, x, dy, kernel=SN_CPU):
     """(y, dx, parameter grads) of sum(layer(x) * dy), checking the compiled kernels ran."""
     return kernel_step(layer, x, dy, kernel)
 
@@ -92,7 +92,7 @@ def test_batch_average_mode_and_recalibration_use_the_kernel_statistics():
 @pytest.mark.parametrize("kind", ["sn", "gn"])
 def test_results_do_not_depend_on_the_thread_count(kind, layout):
     layer = make_layer(96) if kind == "sn" else norms.GroupNorm2d(8, 96)
-    kernel = "_SwitchNormCPUBackward" if kind == "sn" else "_GroupNormCPUBackward"
+    kernel = SN_CPU if kind == "sn" else GN_CPU
     x = torch.randn(8, 96, 20, 20).contiguous(memory_format=LAYOUTS[layout])  # above the one-thread size
     dy = torch.randn_like(x)
     threads = torch.get_num_threads()
@@ -120,9 +120,9 @@ def test_other_inputs_take_the_torch_op_path(monkeypatch):
     for x in (torch.randn(2, 4, 3, 3, dtype=torch.float64),  # float64: the fused torch ops
               torch.randn(2, 4, 3, 6)[..., ::2],  # neither NCHW nor channels_last strides
               torch.randn(0, 4, 3, 3)):  # a rank without samples
-        assert type(layer(x.requires_grad_()).grad_fn).__name__ != "_SwitchNormCPUBackward"
+        assert type(layer(x.requires_grad_()).grad_fn).__name__ != SN_CPU
     assert type(SwitchNorm2d(4, impl="reference")(torch.randn(2, 4, 3, 3, requires_grad=True)).grad_fn).__name__ \
-        != "_SwitchNormCPUBackward"
+        != SN_CPU
     monkeypatch.setenv("NORMS_CPU_KERNELS", "0")
     assert type(layer(torch.randn(2, 4, 3, 3, requires_grad=True)).grad_fn).__name__ == "_FusedNormBackward"
 
@@ -169,7 +169,7 @@ def test_runs_outside_the_graph_under_torch_compile():
     dy = torch.randn_like(x)
     x1 = x.clone().requires_grad_()
     y = compiled(x1)
-    assert type(y.grad_fn).__name__ == "_SwitchNormCPUBackward"
+    assert type(y.grad_fn).__name__ == SN_CPU
     (y * dy).sum().backward()
     want = run(layer, x, dy)
     assert torch.equal(y.detach(), want[0]) and torch.equal(x1.grad, want[1])

@@ -61,3 +61,28 @@ def test_registered_norm_is_buildable_by_name():
     model = ResNet(18, norm=norms.build_norm("test_identity_norm"), num_classes=3)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", ["syncbn", "syncsn", "gn", "in", "ln"])
+def test_stat_groups_is_an_option_of_bn_and_sn_only(name):
+    with pytest.raises(ValueError, match=rf"^norm option 'stat_groups=2' does not apply to norm type '{name}'; "
+                                         r"remove it \(it is an option of bn, sn[,)]"):
+        norms.build_norm(name, stat_groups=2)
+    assert "stat_groups" not in norms.factory.norm_options(name)
+    norms.build_norm(name, stat_groups=1)  # the default, as a config that lists every option passes it
+
+
+def test_every_option_reaches_the_layer():
+    sn = norms.build_norm("syncsn", eps=1e-3, momentum=0.2, using_moving_average=False, using_bn=False)(4)
+    assert (sn.eps, sn.momentum, sn.using_moving_average, sn.using_bn) == (1e-3, 0.2, False, False)
+    assert norms.build_norm("syncbn", eps=1e-3, momentum=0.2)(4).eps == 1e-3
+    for name in ("gn", "in", "ln"):
+        layer = norms.build_norm(name, eps=1e-3, impl="reference", **({"groups": 2} if name == "gn" else {}))(4)
+        assert (layer.eps, layer.impl) == (1e-3, "reference")
+
+
+def test_sync_layers_have_no_stat_groups():
+    for cls in (norms.SyncBatchNorm2d, norms.SyncSwitchNorm2d):
+        with pytest.raises(TypeError, match="stat_groups"):
+            cls(4, stat_groups=2)
+

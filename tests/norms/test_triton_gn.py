@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import norms
-from tests.norms.helpers import DEVICE, make_x
+from tests.norms.helpers import DEVICE, GN_TRITON, make_x
 
 FORMATS = {"nchw": False, "channels_last": True}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -9}
@@ -43,7 +43,7 @@ def grads(fn, params, x, dy, kernel=None):
 def check(layer, x, dy):
     dtype = x.dtype
     params = list(layer.parameters())
-    got = grads(layer, params, x, dy, kernel="_GroupNormBackward")
+    got = grads(layer, params, x, dy, kernel=GN_TRITON)
     assert got[0].dtype == got[1].dtype == dtype
     assert got[0].stride() == x.stride() and got[1].stride() == x.stride()
     params64 = [p.detach().double().cpu().requires_grad_() for p in params]
@@ -108,3 +108,10 @@ def test_a_training_step_launches_seven_kernels(gn, affine):
                 "_gn_grad_groups_kernel", "_grad_input_kernel"] + (["_gn_columns_kernel"] if affine else [])
     assert counts["torch"] == {} and sorted(counts["triton"]) == sorted(expected), counts
     assert set(counts["triton"].values()) == {1}
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_opcheck_under_the_interpreter(gn, affine):
+    from tests.norms.test_compile import gn_inputs
+    args = [t.to(DEVICE) if torch.is_tensor(t) else t for t in gn_inputs("nchw", affine)]
+    torch.library.opcheck(norms.kernels.ops.group_norm_triton, args)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import norms
-from tests.norms.helpers import DEVICE, make_pair, make_x, run_oracle
+from tests.norms.helpers import DEVICE, SN_TRITON, make_pair, make_x, run_oracle
 
 FORMATS = {"nchw": False, "channels_last": True}
 # float64 to rounding; float32 within 1e-5 (statistics in float32); half precision: the output's rounding
@@ -33,7 +33,7 @@ def run(layer, x, dy):
     layer.zero_grad()
     x = x.detach().clone().requires_grad_()
     y = layer(x)
-    assert type(y.grad_fn).__name__ == "_SwitchNormBackward"
+    assert type(y.grad_fn).__name__ == SN_TRITON
     (y * dy).sum().backward()
     return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()]
 
@@ -115,7 +115,7 @@ def test_recalibrate_averages_the_kernels_batch_statistics(sn):
 def test_sync_layer_without_process_group_uses_the_kernels(sn):
     layer = norms.SyncSwitchNorm2d(5, impl="fused").to(DEVICE)
     y = layer(make_x((4, 5, 3, 3), torch.float32, False))
-    assert type(y.grad_fn).__name__ == "_SwitchNormBackward"
+    assert type(y.grad_fn).__name__ == SN_TRITON
 
 
 def test_a_training_step_launches_eight_kernels_and_the_ema(sn):
@@ -129,3 +129,10 @@ def test_a_training_step_launches_eight_kernels_and_the_ema(sn):
         ["_moments_kernel", "_sn_rows_kernel", "_sn_bn_kernel", "_sn_apply_kernel", "_grad_sums_kernel",
          "_sn_grad_rows_kernel", "_sn_grad_cols_kernel", "_sn_grad_input_kernel"]), counts
     assert set(counts["triton"].values()) == {1}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_opcheck_under_the_interpreter(sn, training):
+    from tests.norms.test_compile import sn_inputs
+    args = [t.to(DEVICE) if torch.is_tensor(t) else t for t in sn_inputs("channels_last", training)]
+    torch.library.opcheck(norms.kernels.ops.switch_norm_triton, args)
