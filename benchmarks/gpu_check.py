@@ -97,7 +97,7 @@ def plan(python, out, cache, have, sanitizer_path):
     parts = [
         Part("tests", "correctness", 150, pytest + test_files(),
              "the kernel tests on CUDA (tests/norms files that run on the GPU) and the CUDA-only tests",
-             needs=["pytest"]),
+             needs=["pytest", "numpy", "PIL"]),
         Part("race", "correctness", 45,
              [sanitizer_path or "compute-sanitizer", "--tool", "racecheck", "--racecheck-report", "all",
               "--error-exitcode", "1", "--print-limit", "20", python, "-m", "benchmarks.race_shapes",
@@ -279,8 +279,11 @@ def selected(parts, args):
 def budgets(parts):
     """Per-part budgets from $GPU_CHECK_BUDGET_<PART> (e.g. GPU_CHECK_BUDGET_COMPILE=300), else the defaults."""
     for part in parts:
-        value = os.environ.get("GPU_CHECK_BUDGET_" + re.sub(r"\W", "_", part.name).upper())
+        name = "GPU_CHECK_BUDGET_" + re.sub(r"\W", "_", part.name).upper()
+        value = os.environ.get(name)
         if value:
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name}={value!r}: give a whole number of seconds >= 1")
             part.budget_s = int(value)
     return parts
 
@@ -314,6 +317,14 @@ def main(argv=None):
     if args.total < 60:
         print(f"gpu_check: --total {args.total} is under 60 s; give at least 60", file=sys.stderr)
         return 2
+    out = os.path.abspath(args.out)
+    names = [p.name for p in plan(python, out, args.cache_dir, {}, None)[0]]
+    for option in ("only", "skip"):
+        unknown = sorted(set((getattr(args, option) or "").split(",")) - set(names) - {""})
+        if unknown:
+            print(f"gpu_check: --{option} {getattr(args, option)}: unknown part(s) {', '.join(unknown)}; parts: "
+                  f"{', '.join(names)}", file=sys.stderr)
+            return 2
     env_info, why = (None, None) if dry else probe(python)
     if not dry:
         if env_info is None:
@@ -323,17 +334,13 @@ def main(argv=None):
             print(f"gpu_check: no CUDA device (torch.cuda.is_available() is False with torch {env_info['torch']}); "
                   "run it on a machine with a GPU, or --dry-run to print the plan")
             return 2
-    out = os.path.abspath(args.out)
-    names = [p.name for p in plan(python, out, args.cache_dir, {}, None)[0]]
-    for option in ("only", "skip"):
-        unknown = sorted(set((getattr(args, option) or "").split(",")) - set(names) - {""})
-        if unknown:
-            print(f"gpu_check: --{option} {getattr(args, option)}: unknown part(s) {', '.join(unknown)}; parts: "
-                  f"{', '.join(names)}", file=sys.stderr)
-            return 2
     have = importable(python, OPTIONAL)
     parts, compile_run = plan(python, out, args.cache_dir, have, sanitizer())
-    parts = selected(budgets(parts), args)
+    try:
+        parts = selected(budgets(parts), args)
+    except ValueError as error:
+        print(f"gpu_check: {error}", file=sys.stderr)
+        return 2
     background = background_parts(python, out, args.cache_dir, compile_run)
     if "compile" not in [p.name for p in parts if not p.skip]:
         background = [p for p in background if not p.name.startswith("compile-cold")]

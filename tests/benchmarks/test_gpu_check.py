@@ -241,3 +241,12 @@ def test_pytest_verbose_lines_are_read_when_the_xml_is_missing():
     ("Traceback ...", None)])
 def test_sanitizer_summary(text, expected):
     assert gpu_report.sanitizer_summary(text) == expected
+
+
+def test_budgets_from_the_environment(monkeypatch):
+    parts = [stand_in("trainer-256", "benchmark", 50, "pass"), stand_in("layers", "benchmark", 45, "pass")]
+    monkeypatch.setenv("GPU_CHECK_BUDGET_TRAINER_256", "90")
+    assert [p.budget_s for p in gpu_check.budgets(parts)] == [90, 45]
+    monkeypatch.setenv("GPU_CHECK_BUDGET_LAYERS", "ten")
+    with pytest.raises(ValueError, match="GPU_CHECK_BUDGET_LAYERS='ten': give a whole number"):
+        gpu_check.budgets(parts)
