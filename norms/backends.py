@@ -75,7 +75,6 @@ def choose(layer, x):
                     None if weight is None else weight.dtype, torch.compiler.is_compiling())
 
 
-@torch.compiler.assume_constant_result
 def _resolve(kind, impl, device, dtype, shape_layout, bn_local, param_dtype, compiling):
     env = (os.environ.get("TRITON_INTERPRET"), os.environ.get("NORMS_CPU_KERNELS"))
     key = (kind, impl, device, dtype, shape_layout, bn_local, param_dtype, compiling, env)
@@ -86,6 +85,10 @@ def _resolve(kind, impl, device, dtype, shape_layout, bn_local, param_dtype, com
             backend = "reference"
         _cache[key] = backend
     return backend
+
+
+# torch.compiler.assume_constant_result(_resolve), without the import of torch._dynamo (and Triton) it does
+_resolve._dynamo_marked_constant = True
 
 
 def _where(device, shape_layout):

@@ -41,6 +41,7 @@ def step(model, x, dy):
 
 
 def check_compiled(backend, layout, training=True):
+    norms.backends.reset()  # the choice is made while tracing, not found in a cache other tests filled
     torch.manual_seed(0)
     model = Block().train(training)
     ref = reference_copy(model)
@@ -114,3 +115,22 @@ def test_where_only_the_generic_fused_path_exists_compile_runs_the_reference():
     dy = torch.randn_like(x)
     for a, b in zip(step(compiled, x, dy), step(ref, x, dy), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_the_choice_is_marked_as_a_constant_of_the_trace():
+    """norms.backends marks `_resolve` by hand (torch.compiler's decorator imports torch._dynamo at `import norms`)."""
+    from norms import backends
+
+    def probe():
+        pass
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert vars(marked) and all(getattr(backends._resolve, k) == v for k, v in vars(marked).items())
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+    code = "import sys, norms; print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
