@@ -80,3 +80,21 @@ def op_node(op):
 
 SN_CPU, GN_CPU = op_node("switch_norm_cpu"), op_node("group_norm_cpu")
 SN_TRITON, GN_TRITON = op_node("switch_norm_triton"), op_node("group_norm_triton")
+
+
+def sn_inputs(layout, training, branches=3, groups=2, dtype=torch.float32):
+    """Seeded arguments of the snorm SN operators: x, weight, bias, branch logits, running stats, groups, eps."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 5, 3, generator=gen).to(dtype).contiguous(memory_format=LAYOUTS[layout])
+    params = [torch.rand(6, generator=gen) + 0.5, torch.randn(6, generator=gen), torch.randn(branches, generator=gen),
+              torch.randn(branches, generator=gen)]
+    running = [None, None] if training else [torch.randn(6, generator=gen), torch.rand(6, generator=gen) + 0.5]
+    return [x.requires_grad_(), *[p.requires_grad_() for p in params], *running, groups, 1e-5]
+
+
+def gn_inputs(layout, affine, dtype=torch.float32):
+    """Seeded arguments of the snorm group-norm operators: x, weight and bias (or None), 3 groups, eps."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 4, 5, generator=gen).to(dtype).contiguous(memory_format=LAYOUTS[layout])
+    params = [torch.rand(6, generator=gen).requires_grad_(), torch.randn(6, generator=gen).requires_grad_()]
+    return [x.requires_grad_(), *(params if affine else [None, None]), 3, 1e-5]

@@ -7,7 +7,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import norms
 from norms.kernels import ops
-from tests.norms.helpers import LAYOUTS
+from tests.norms.helpers import LAYOUTS, gn_inputs, sn_inputs
 
 pytestmark = pytest.mark.usefixtures("compiled_kernels")  # tests/norms/conftest.py: builds or skips
 
@@ -69,22 +69,6 @@ def test_fullgraph_compile_keeps_the_kernels_and_matches_eager_reference(layout,
 @pytest.mark.slow
 def test_inductor_compiles_the_kernels_into_its_graph():
     check_compiled("inductor", "channels_last")
-
-
-def sn_inputs(layout, training, branches=3, groups=2, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 6, 5, 3, generator=gen).to(dtype).contiguous(memory_format=LAYOUTS[layout])
-    params = [torch.rand(6, generator=gen) + 0.5, torch.randn(6, generator=gen), torch.randn(branches, generator=gen),
-              torch.randn(branches, generator=gen)]
-    running = [None, None] if training else [torch.randn(6, generator=gen), torch.rand(6, generator=gen) + 0.5]
-    return [x.requires_grad_(), *[p.requires_grad_() for p in params], *running, groups, 1e-5]
-
-
-def gn_inputs(layout, affine, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 6, 4, 5, generator=gen).to(dtype).contiguous(memory_format=LAYOUTS[layout])
-    params = [torch.rand(6, generator=gen).requires_grad_(), torch.randn(6, generator=gen).requires_grad_()]
-    return [x.requires_grad_(), *(params if affine else [None, None]), 3, 1e-5]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import norms
-from tests.norms.helpers import DEVICE, GN_TRITON, make_x
+from tests.norms.helpers import DEVICE, GN_TRITON, gn_inputs, make_x
 
 FORMATS = {"nchw": False, "channels_last": True}
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -9}
@@ -112,6 +112,5 @@ def test_a_training_step_launches_seven_kernels(gn, affine):
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_opcheck_under_the_interpreter(gn, affine):
-    from tests.norms.test_compile import gn_inputs
     args = [t.to(DEVICE) if torch.is_tensor(t) else t for t in gn_inputs("nchw", affine)]
     torch.library.opcheck(norms.kernels.ops.group_norm_triton, args)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import norms
-from tests.norms.helpers import DEVICE, SN_TRITON, make_pair, make_x, run_oracle
+from tests.norms.helpers import DEVICE, SN_TRITON, make_pair, make_x, run_oracle, sn_inputs
 
 FORMATS = {"nchw": False, "channels_last": True}
 # float64 to rounding; float32 within 1e-5 (statistics in float32); half precision: the output's rounding
@@ -133,6 +133,5 @@ def test_a_training_step_launches_eight_kernels_and_the_ema(sn):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_opcheck_under_the_interpreter(sn, training):
-    from tests.norms.test_compile import sn_inputs
     args = [t.to(DEVICE) if torch.is_tensor(t) else t for t in sn_inputs("channels_last", training)]
     torch.library.opcheck(norms.kernels.ops.switch_norm_triton, args)
