@@ -1,6 +1,6 @@
 """Normalization layers and the factory that builds them from a config; models use only `build_norm`."""
 from .batchnorm import BatchNorm2d, SyncBatchNorm2d
-from .factory import available_norms, build_norm, check_norms, register_norm, NormFactory
+from .factory import NormFactory, available_norms, build_norm, check_norms, register_norm
 from .groupnorm import GroupNorm2d
 from .recalibrate import recalibrate
 from .switchable import SwitchNorm2d, SyncSwitchNorm2d

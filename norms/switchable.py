@@ -2,9 +2,9 @@
 import torch
 import torch.nn as nn
 
+from . import backends
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
-from . import backends
 from .fused import ImplChoice, fused_norm
 from .kernels import ops
 from .running import RunningStatsMixin

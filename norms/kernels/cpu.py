@@ -33,7 +33,7 @@ def available():
 
 
 def _dense(x):
-    """x in its memory format (a copy only for other strides), an empty tensor like it, the layout flag (1: channels_last)."""
+    """x in its memory format (copied only for other strides), an empty tensor like it, the layout flag (1: CL)."""
     fmt = memory_format(x)
     x = x.contiguous(memory_format=fmt)
     return x, torch.empty_like(x, memory_format=fmt), int(fmt == torch.channels_last)

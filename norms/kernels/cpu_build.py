@@ -18,7 +18,8 @@ from pathlib import Path
 
 SOURCES = [Path(__file__).with_name(name) for name in ("sn_cpu.cpp", "gn_cpu.cpp")]
 HEADERS = [Path(__file__).with_name("nc_passes.h")]
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+         "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 
 _cached = None  # (library or None, reason)
 

@@ -49,8 +49,7 @@ def _nc(t):
 def nc_apply(x, m, scale, shift):
     """y = (x - m) * scale + shift, in x's dtype and memory format, as one multiply-add x * scale + offset.
 
-    Like PyTorch's own batch norm, the offset folds m in: for inputs whose mean is 1e4 times their
-    spread this costs about 1e-3 relative accuracy in float32 (the Triton kernels keep x - m centered).
+    Like PyTorch's own batch norm, the offset folds m in (its accuracy for large-mean inputs: docs/kernels.md).
     """
     return torch.addcmul(_nc(shift - m * scale), x, _nc(scale)).to(x.dtype)
 

@@ -133,7 +133,7 @@ def forward(x, weight, bias, groups, eps):
 
 
 def backward(dy, x, m, rstd, weight, groups):
-    """(dx, d weight, d bias) of a `forward` that returned (m, rstd); the parameter gradients are empty without weight."""
+    """(dx, d weight, d bias) of a `forward` that returned (m, rstd); empty parameter gradients without weight."""
     n, c, h, w = x.shape
     x, sx, dy, sg, sdy_p, sdyxc_p = nc.grad_sum_partials(x, dy, m)
     acc, meta_acc = nc._acc_torch(x), nc._acc(x)

@@ -192,7 +192,7 @@ def _grad_sums_kernel(x_ptr, dy_ptr, m_ptr, sdy_ptr, sdyxc_ptr, C, cblocks, L, c
 @triton.jit
 def _grad_input_tiles(x_ptr, dy_ptr, dx_ptr, n, c, cmask, lo, hi, m, scale, k1, k0, sxn, sxc, sxl, sgn, sgc, sgl,
                       sdn, sdc, sdl, ACC: tl.constexpr, BLOCK_L: tl.constexpr):
-    """dx = scale * dy + k1 * (x - m) + k0 over positions [lo, hi) of sample n, channels c (coefficients [BLOCK_C, 1])."""
+    """dx = scale * dy + k1 * (x - m) + k0 on positions [lo, hi) of sample n, channels c; coefficients [BLOCK_C, 1]."""
     for l0 in range(lo, hi, BLOCK_L):
         l, lmask = _positions(l0, hi, BLOCK_L)
         mask = cmask[:, None] & lmask[None, :]
@@ -289,7 +289,7 @@ def _small(t, x):
 
 
 def moment_partials(x):
-    """(x, strides, mean, m2, chunk): per-(n, c, split) mean and sum of squared deviations, splits of `chunk` positions."""
+    """(x, strides, mean, m2, chunk): per-(n, c, split) mean and sum of squared deviations, splits of `chunk`."""
     x, sx = _flat(x)
     n, c, h, w = x.shape
     grid, chunk, meta = _plan(x, sx, reduction=True)
@@ -325,7 +325,7 @@ def nc_apply(x, m, scale, shift):
 
 
 def grad_sum_partials(x, dy, m):
-    """(x, strides, dy, dy strides, sum dy, sum dy * (x - m)): the sums per (n, c, split) of `moment_partials`'s plan."""
+    """(x, strides, dy, dy strides, sum dy, sum dy * (x - m)): sums per (n, c, split), `moment_partials`'s plan."""
     x, sx = _flat(x)
     dy, sg = _flat(dy, like=x)
     grid, chunk, meta = _plan(x, sx, reduction=True)

@@ -26,7 +26,7 @@ def median_ms(fn, repeats):
 def main():
     for kind in ("sn", "gn"):
         for layout in ("nchw", "channels_last"):
-            ms = median_ms(lambda: selfcheck.check(kind, "cpu_kernels", "cpu", torch.float32, layout), 7)
+            ms = median_ms(lambda k=kind, l=layout: selfcheck.check(k, "cpu_kernels", "cpu", torch.float32, l), 7)
             print(f"self-check {kind} float32 {layout}: {ms:.1f} ms")
     model = ResNet(50, norm=norms.build_norm("sn"), num_classes=1000)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

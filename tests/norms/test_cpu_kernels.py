@@ -161,8 +161,8 @@ def test_bfloat16_output_rounds_to_nearest_even_like_torch():
     assert torch.equal(y, layer.bias.detach().bfloat16()[None, :, None, None].expand_as(y))
 
 
-def test_runs_outside_the_graph_under_torch_compile():
-    """impl="fused" inside torch.compile: the kernels run as they are (no tracing of ctypes), same numbers."""
+def test_runs_inside_the_graph_under_torch_compile():
+    """impl="fused" under torch.compile: the kernels' operator runs in the graph (no ctypes traced), same numbers."""
     layer = make_layer(8)
     compiled = torch.compile(copy.deepcopy(layer), backend="eager")  # dynamo's tracing; no C++ codegen needed
     x = torch.randn(4, 8, 5, 5)
