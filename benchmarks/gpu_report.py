@@ -143,6 +143,27 @@ def compile_rows(data, cold=()):
     return rows
 
 
+def compile_errors(data):
+    """Lines naming every (batch, variant, mode) that failed, with its error."""
+    lines = [f"- {run['batch']} per GPU, {v} {m}: {rec['error']}" for run in data["compile"]["runs"]
+             for v, modes in run["variants"].items() for m, rec in modes.items()
+             if isinstance(rec, dict) and "error" in rec]
+    return "\n\nFailed:\n" + "\n".join(lines) if lines else ""
+
+
+def layers_errors(data):
+    """One line per (run, variant) that failed at some shape: the first error."""
+    lines = []
+    for run in data["layers"]["runs"]:
+        first = {}
+        for shape in run["shapes"]:
+            for v, error in shape.get("errors", {}).items():
+                first.setdefault(v, (shape["shape"], error))
+        lines += [f"- N={run['batch']} {run['precision']} {run['layout']}, {v} at {shape}: {error}"
+                  for v, (shape, error) in first.items()]
+    return "\n\nFailed:\n" + "\n".join(lines) if lines else ""
+
+
 def pipeline_rows(data):
     p = data["pipeline"]
     rows = [[f"CPU, {r['workers']} workers", _f(r.get("images_per_s"), "{:.0f}")] for r in p["cpu"]]
@@ -182,12 +203,20 @@ def figures(records):
 
     block("Norm layers, ResNet-50 sum of forward+backward (ms; % of the memory-traffic floor)", lambda: (
         md_table(["N precision layout", "variant", "sum ms", "vs bn", "floor", "worst layer vs bn"],
-                 layers_rows(data("layers"))) if data("layers") else ""))
-    block("ResNet-50 training step, eager and torch.compile (compile s: cold run / timed run)", lambda: (
+                 layers_rows(data("layers"))) + layers_errors(data("layers")) if data("layers") else ""))
+    cold = [data(n) for n in by if n.startswith("compile-cold")]
+    timed = data("compile")
+    if not (timed and timed["compile"]["runs"]) and any(c and c["compile"]["runs"] for c in cold):
+        # the timed part did not finish a batch size: the cold runs' single repeats are all there is
+        timed = {"compile": {"runs": [r for c in cold if c for r in c["compile"]["runs"]]}}
+        title = "ResNet-50 training step, eager and torch.compile: cold runs only, 1 repeat (compile s: cold)"
+    else:
+        title = "ResNet-50 training step, eager and torch.compile (compile s: cold run / timed run)"
+    block(title, lambda: (
         md_table(["per GPU", "variant", "eager ms", "compiled ms", "eager vs bn", "compiled vs bn",
                   "compiled speedup", "compile s", "graph breaks", "images/s eager / compiled", "peak GiB (eager)",
-                  "memory vs bn"], compile_rows(data("compile"), [data(n) for n in by if n.startswith("compile-cold")]))
-        if data("compile") and data("compile")["compile"]["runs"] else ""))
+                  "memory vs bn"], compile_rows(timed, cold)) + compile_errors(timed)
+        if timed and timed["compile"]["runs"] else ""))
     block("Input pipeline (images/s)", lambda: md_table(["path", "images/s"], pipeline_rows(data("pipeline")))
           if data("pipeline") else "")
     block("Trainer against a plain loop (BN, one round; overhead: plain / trainer - 1)", lambda: md_table(

@@ -127,7 +127,9 @@ def write(path, data):
 
 def fixture_records(tmp_path):
     layers = {"environment": {"git_commit": "abc1234", "triton": "3.5.0", "date": "2026-12-01T21:00:00+00:00"},
-              "layers": {"variants": ["bn", "sn-fused"], "runs": [{
+              "layers": {"variants": ["bn", "sn-fused", "gn-fused"], "runs": [{
+        "shapes": [{"shape": [32, 64, 56, 56], "errors": {"gn-fused": "RuntimeError: no kernel"}},
+                   {"shape": [32, 256, 56, 56], "errors": {"gn-fused": "RuntimeError: a second one"}}],
         "batch": 32, "precision": "bf16", "layout": "channels_last", "total_s": {"bn": 0.004, "sn-fused": 0.005},
         "total_ratio_to_bn": {"sn-fused": 1.25}, "total_bandwidth_fraction": {"bn": 0.5, "sn-fused": 0.4},
         "max_ratio_to_bn": {"sn-fused": {"ratio": 1.5, "shape": [32, 64, 56, 56]}}}]}}
@@ -144,7 +146,8 @@ def fixture_records(tmp_path):
         "bn": {"eager": mode(0.020, memory=4 * gib), "compiled": mode(0.016, compile_s=40.0, breaks=0),
                "compiled_speedup": 1.25},
         "sn-fused": {"eager": mode(0.030, 1.5, 5 * gib), "compiled": mode(0.020, 1.25, compile_s=30.0, breaks=2),
-                     "compiled_speedup": 1.5}}}]}}
+                     "compiled_speedup": 1.5},
+        "gn-fused": {"eager": mode(0.025, 1.25, 4 * gib), "compiled": {"error": "BackendCompilerFailed: x"}}}}]}}
     cold = {"compile": {"runs": [{"batch": 32, "variants": {"sn-fused": {"compiled": {"compile_s": 70.0}}}}]}}
     trainer = {"trainer": {"programs": {"trainer": {"images_per_s": 900.0}, "plain": {"images_per_s": 1000.0}}}}
     syncs = {"runs": [{"batch": 32, "steps_counted": 35, "total": 0, "per_step_mean": 0.0, "per_step_max": 0,
@@ -195,11 +198,16 @@ def test_report_figures_from_fixture_results(tmp_path):
                                     "the 480 s budget; commit abc1234, triton 3.5.0, 2026-12-01T21:00:00+00:00")
     assert "Not importable here: tensorboardX." in text
     assert table_rows(text, "Norm layers") == [["32 bf16 channels_last", "bn", "4.000", "1.00", "50%", "-"],
-                                               ["32 bf16 channels_last", "sn-fused", "5.000", "1.25", "40%", "1.50"]]
+                                               ["32 bf16 channels_last", "sn-fused", "5.000", "1.25", "40%", "1.50"],
+                                               ["32 bf16 channels_last", "gn-fused", "-", "-", "-", "-"]]
+    assert "- N=32 bf16 channels_last, gn-fused at [32, 64, 56, 56]: RuntimeError: no kernel" in text
+    assert "a second one" not in text  # the first error of a variant only
     # eager 30 ms / compiled 20 ms; memory 5 GiB against bn's 4; compile s: cold 70 (bn: no cold record) / 30
     assert table_rows(text, "ResNet-50 training step") == [
         ["32", "bn", "20.0", "16.0", "1.00", "1.00", "1.25", "- / 40", "0", "1600 / 2000", "4.00", "1.00"],
-        ["32", "sn-fused", "30.0", "20.0", "1.50", "1.25", "1.50", "70 / 30", "2", "1067 / 1600", "5.00", "1.25"]]
+        ["32", "sn-fused", "30.0", "20.0", "1.50", "1.25", "1.50", "70 / 30", "2", "1067 / 1600", "5.00", "1.25"],
+        ["32", "gn-fused", "25.0", "-", "1.25", "-", "-", "- / -", "?", "1280 / -", "4.00", "1.00"]]
+    assert "- 32 per GPU, gn-fused compiled: BackendCompilerFailed: x" in text
     # 1000 / 900 - 1 = +11.1% more time per image in the trainer
     assert table_rows(text, "Trainer against a plain loop") == [["32", "900", "1000", "0.900", "+11.1%"]]
     assert table_rows(text, "Host synchronizations") == [["32", "35", "0", "0.00", "0", "-"]]
@@ -250,3 +258,16 @@ def test_budgets_from_the_environment(monkeypatch):
     monkeypatch.setenv("GPU_CHECK_BUDGET_LAYERS", "ten")
     with pytest.raises(ValueError, match="GPU_CHECK_BUDGET_LAYERS='ten': give a whole number"):
         gpu_check.budgets(parts)
+
+
+def test_report_falls_back_to_the_cold_runs(tmp_path):
+    """The timed compile part stopped before a batch size was done: the cold runs' figures are shown, so labelled."""
+    records = fixture_records(tmp_path)
+    (tmp_path / "compile.json").write_text(json.dumps({"compile": {"runs": []}}))
+    cold = {"compile": {"runs": [{"batch": 256, "variants": {"bn": {
+        "eager": {"median_s": 0.1, "images_per_s": 2560.0, "peak_memory_bytes": None},
+        "compiled": {"median_s": 0.08, "images_per_s": 3200.0, "compile_s": 50.0, "graph_breaks": 0}}}}]}}
+    (tmp_path / "compile-cold-32.json").write_text(json.dumps(cold))
+    text, _ = gpu_report.render(records, {}, str(tmp_path), 1, 480)
+    assert table_rows(text, "cold runs only, 1 repeat") == [
+        ["256", "bn", "100.0", "80.0", "1.00", "1.00", "-", "50 / 50", "0", "2560 / 3200", "-", "-"]]
