@@ -40,6 +40,7 @@ def test_two_process_torchrun_run_writes_everything(dataset, two_process_run):
     final = json.loads((run_dir / "final.json").read_text())
     assert final["images"] == 20 and final["iterations"] == 12 and final["setting"]["stat_groups"] == 2
     assert final["status"] == "finished" and final["train_time_s"] > 0
+    assert final["kernel_fallbacks"] == []  # no kernel failed its first-use self-check (norms.backends)
     weights = final["switch_weights"]["layer1.0.bn1"]
     assert abs(weights["var_in"] + weights["var_ln"] + weights["var_bn"] - 1) < 1e-5
     kinds = {json.loads(line)["kind"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()}
