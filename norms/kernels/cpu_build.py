@@ -5,7 +5,7 @@ The library is cached under $NORMS_KERNEL_CACHE (default ~/.cache/norms-kernels)
 of the sources, the compiler's version, the flags and the CPU model, so a home directory shared by
 different cluster nodes never runs code built for another CPU (-march=native). Ranks compiling
 at once each write their own temporary file and rename it into place. NORMS_CPU_KERNELS=0
-disables the kernels (the torch-op fused path then runs).
+disables the kernels (norms/backends.py then picks its table's next row).
 """
 import ctypes
 import hashlib
