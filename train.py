@@ -67,7 +67,10 @@ def dry_run(cfg, args):
     cfg, setting, notes = effective_setting(cfg, args.world)
     # build the layers as training would (on the CPU: faster than the meta device for one build), so
     # option errors surface here, before Slurm starts any node
-    norm = norms.build_norm(**dataclasses.asdict(cfg.norm), stat_groups=setting.stat_groups)
+    options = dataclasses.asdict(cfg.norm)
+    if "stat_groups" in norms.factory.norm_options(options["type"]):  # bn, sn: emulated GPUs split the batch
+        options["stat_groups"] = setting.stat_groups
+    norm = norms.build_norm(**options)
     models.build_model(cfg.model, norm)
     for line in [setting.describe()] + notes:
         print(line)
