@@ -268,6 +268,10 @@ def run(args):
         out["trainer"] = trainer.run_trainer(args.trainer_setup, args.trainer_rounds, args.cache_dir,
                                              args.timm_train, progress=progress)
         print("\n" + report.trainer_text(out["trainer"]))
+    from norms import backends
+    out["kernel_self_checks"] = backends.self_checks()  # a failed one: that kernel fell back to the reference
+    for failed in backends.fallbacks():
+        print(f"warning: kernel self-check failed, the reference ran instead: {failed}", file=sys.stderr)
     progress("done")
     return out
 
@@ -275,7 +279,7 @@ def run(args):
 def write_json(path, data):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        json.dump(data, f, indent=1, default=str)  # str: a torch.device or dtype in a record
     os.replace(tmp, path)
 
 

@@ -164,6 +164,17 @@ def layers_errors(data):
     return "\n\nFailed:\n" + "\n".join(lines) if lines else ""
 
 
+def self_check_lines(datas):
+    """One line per distinct failed self-check recorded in any part's JSON; empty when none failed."""
+    failed = {}
+    for data in datas:
+        for rec in (data or {}).get("kernel_self_checks", []) if isinstance(data, dict) else []:
+            if rec.get("error") is not None:
+                key = tuple(str(rec.get(k)) for k in ("layer", "backend", "device", "dtype", "layout"))
+                failed.setdefault(key, rec["error"])
+    return "\n".join(f"- {' '.join(key)}: {error}" for key, error in failed.items())
+
+
 def pipeline_rows(data):
     p = data["pipeline"]
     rows = [[f"CPU, {r['workers']} workers", _f(r.get("images_per_s"), "{:.0f}")] for r in p["cpu"]]
@@ -217,6 +228,8 @@ def figures(records):
                   "compiled speedup", "compile s", "graph breaks", "images/s eager / compiled", "peak GiB (eager)",
                   "memory vs bn"], compile_rows(timed, cold)) + compile_errors(timed)
         if timed and timed["compile"]["runs"] else ""))
+    block("Kernel self-checks that failed (the reference ran instead)", lambda: self_check_lines(
+        [data(r["name"]) for r in records]))
     block("Input pipeline (images/s)", lambda: md_table(["path", "images/s"], pipeline_rows(data("pipeline")))
           if data("pipeline") else "")
     block("Trainer against a plain loop (BN, one round; overhead: plain / trainer - 1)", lambda: md_table(

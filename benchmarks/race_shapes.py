@@ -67,7 +67,8 @@ def main(argv=None):
         print(f"{done[-1]['norm']} {done[-1]['shape']} {done[-1]['layout']} {done[-1]['dtype']} "
               f"{'train' if done[-1]['training'] else 'eval'}: {done[-1]['grad_fn']}", flush=True)
     if args.json:
-        write_json(args.json, {"cases": done})
+        from norms import backends
+        write_json(args.json, {"cases": done, "kernel_self_checks": backends.self_checks()})
     # a pass that did not reach the Triton kernels (a fallback to the reference) checked nothing
     missed = [c for c in done if "triton" not in (c["grad_fn"] or "").lower()]
     if missed:

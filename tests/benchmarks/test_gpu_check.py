@@ -126,7 +126,12 @@ def write(path, data):
 
 
 def fixture_records(tmp_path):
+    checks = [{"layer": "SwitchNorm2d", "backend": "triton", "device": "cuda", "dtype": "bfloat16",
+               "layout": "channels_last", "error": "y differs by 0.5", "seconds": 0.1},
+              {"layer": "GroupNorm2d", "backend": "triton", "device": "cuda", "dtype": "float32", "layout": "nchw",
+               "error": None, "seconds": 0.1}]
     layers = {"environment": {"git_commit": "abc1234", "triton": "3.5.0", "date": "2026-12-01T21:00:00+00:00"},
+              "kernel_self_checks": checks,
               "layers": {"variants": ["bn", "sn-fused", "gn-fused"], "runs": [{
         "shapes": [{"shape": [32, 64, 56, 56], "errors": {"gn-fused": "RuntimeError: no kernel"}},
                    {"shape": [32, 256, 56, 56], "errors": {"gn-fused": "RuntimeError: a second one"}}],
@@ -201,6 +206,9 @@ def test_report_figures_from_fixture_results(tmp_path):
                                                ["32 bf16 channels_last", "sn-fused", "5.000", "1.25", "40%", "1.50"],
                                                ["32 bf16 channels_last", "gn-fused", "-", "-", "-", "-"]]
     assert "- N=32 bf16 channels_last, gn-fused at [32, 64, 56, 56]: RuntimeError: no kernel" in text
+    fell_back = text.split("### Kernel self-checks that failed (the reference ran instead)")[1].split("###")[0]
+    fell_back = fell_back.strip().splitlines()
+    assert fell_back == ["- SwitchNorm2d triton cuda bfloat16 channels_last: y differs by 0.5"]
     assert "a second one" not in text  # the first error of a variant only
     # eager 30 ms / compiled 20 ms; memory 5 GiB against bn's 4; compile s: cold 70 (bn: no cold record) / 30
     assert table_rows(text, "ResNet-50 training step") == [
