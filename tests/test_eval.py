@@ -22,16 +22,16 @@ from safetensors.torch import load_file, save_file
 from configs import load_config
 from data import eval_transform
 from models.checkpoints import load_file as read_verified, with_checksum
-from tests.engine.tiny import CLASSES, REPO, make_image_folder, run, write_config
+from tests.engine.tiny import CLASSES, REPO, run, write_config
 from tests.faults import flip_tensor_byte, small_disk
 
 RELEASED_RENAMES = (("bn_out.", "sn_out."), (".bn1.", ".sn1."), (".bn2.", ".sn2."), (".bn3.", ".sn3."))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, dataset):
     tmp = tmp_path_factory.mktemp("eval")
-    data = make_image_folder(str(tmp / "data"))
+    data = dataset
     cfg = write_config(str(tmp), data, epochs=1)
     run("train.py", ["--config", cfg])
     run_dir = tmp / "runs" / "run"
