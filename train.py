@@ -19,7 +19,7 @@ import yaml
 from configs import load_config, to_dict
 from engine.cli import USER_ERRORS, error_line
 from engine.distributed import init_distributed, shutdown
-from engine.setting import effective_setting
+from engine.setting import effective_setting, norm_factory
 from engine.stop import StopWatch
 
 
@@ -60,18 +60,11 @@ def run_dir_for(cfg, config_path):
 
 def dry_run(cfg, args):
     """Print the setting line, its notes, the resolved config and the run folder (last: train.sbatch reads it)."""
-    import dataclasses
-
     import models
-    import norms
     cfg, setting, notes = effective_setting(cfg, args.world)
     # build the layers as training would (on the CPU: faster than the meta device for one build), so
     # option errors surface here, before Slurm starts any node
-    options = dataclasses.asdict(cfg.norm)
-    if "stat_groups" in norms.factory.norm_options(options["type"]):  # bn, sn: emulated GPUs split the batch
-        options["stat_groups"] = setting.stat_groups
-    norm = norms.build_norm(**options)
-    models.build_model(cfg.model, norm)
+    models.build_model(cfg.model, norm_factory(cfg, setting))
     for line in [setting.describe()] + notes:
         print(line)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())

@@ -51,6 +51,16 @@ def effective_setting(cfg, world=None):
     return cfg, resolve_setting(cfg.batch, cfg.optim.lr, cfg.batch.gpus if world is None else world), notes
 
 
+def norm_factory(cfg, setting):
+    """The norm layer factory of the effective config under `setting`: each process batch split into the
+    emulated GPUs (stat_groups) for the types that take it, those with per-GPU batch statistics."""
+    import norms  # torch: only where layers are built
+    options = dataclasses.asdict(cfg.norm)
+    if "stat_groups" in norms.factory.norm_options(cfg.norm.type):
+        options["stat_groups"] = setting.stat_groups
+    return norms.build_norm(**options)
+
+
 def _setting_rules(cfg):
     """(cfg, notes): the config with the paper's per-setting rules applied, so saved configs say what ran.
 

@@ -23,7 +23,7 @@ from .precision import autocast
 from .resume import check_config_change, check_training_checkpoint, local_buffers, restore_buffers
 from .run_folder import RunFolderError, RunLock
 from .schedule import lr_at
-from .setting import effective_setting
+from .setting import effective_setting, norm_factory
 from .state import capture_rng, restore_rng, seed_everything
 from .stop import AGENT_DIED, StopWatch
 
@@ -96,11 +96,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
     def _build_model(self):
-        options = dataclasses.asdict(self.cfg.norm)
-        if "stat_groups" in norms.factory.norm_options(options["type"]):  # bn, sn: emulated GPUs split the batch
-            options["stat_groups"] = self.setting.stat_groups
-        norm = norms.build_norm(**options)
-        model = build_model(self.cfg.model, norm).to(self.env.device)
+        model = build_model(self.cfg.model, norm_factory(self.cfg, self.setting)).to(self.env.device)
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model

@@ -36,3 +36,21 @@ def test_warmup_then_cosine():
     assert lr_at(5 + 57.5, 1.0, cfg, 120) == pytest.approx(0.5)
     assert lr_at(120, 1.0, cfg, 120) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(30, 1.0, cfg, 120) == pytest.approx(0.5 * (1 + math.cos(math.pi * 25 / 115)))
+
+
+@pytest.mark.parametrize("norm", ["bn", "syncbn", "gn", "sn", "syncsn", "in", "ln"])
+def test_the_norm_of_an_emulated_setting_splits_the_batch_where_the_type_normalizes_over_it(norm):
+    """Every norm type builds under an emulated setting (8 GPUs on 2 processes); bn and sn (per-GPU batch
+    statistics) split each process batch into the 4 emulated GPUs, the others have nothing to split."""
+    import torch
+
+    from configs import load_config
+    from engine.setting import effective_setting, norm_factory
+    options = ["norm.groups=2"] if norm == "gn" else []
+    cfg, setting, _ = effective_setting(load_config(None, [f"norm.type={norm}", "batch.gpus=8", *options]), 2)
+    layer = norm_factory(cfg, setting)(4)
+    assert setting.stat_groups == 4
+    split = getattr(layer, "stat_groups", 1)
+    assert split == 4 if norm in ("bn", "sn") else split == 1
+    if not norm.startswith("sync"):  # the synchronized ones need a process group to run
+        assert layer(torch.randn(8, 4, 3, 3)).shape == (8, 4, 3, 3)
