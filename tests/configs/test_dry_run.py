@@ -72,6 +72,7 @@ def test_dry_run_builds_with_the_emulated_setting_and_keeps_its_output(config):
     assert proc.stdout.rstrip().splitlines()[-1].startswith("run folder: ")
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_setting_then_its_notes_then_the_config_then_the_run_folder(config, tmp_path):
     proc = run("train.py", ["--config", config, "--dry-run", "batch.samples_per_gpu=1"])
     lines = proc.stdout.rstrip().splitlines()

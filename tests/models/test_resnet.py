@@ -9,7 +9,8 @@ from models import ResNet, build_model, load_strict
 
 
 @pytest.mark.parametrize("variant", ["v1", "v2"])
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+@pytest.mark.parametrize("depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow),
+                                   pytest.param(152, marks=pytest.mark.slow)])
 def test_every_depth_and_variant_trains_a_step(depth, variant):
     torch.manual_seed(0)
     norm = "sn" if depth in (18, 50) else "bn"
@@ -37,7 +38,8 @@ def test_channels_last_matches_contiguous(variant, norm):
     assert x_cl.grad.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+@pytest.mark.parametrize("depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow),
+                                   pytest.param(152, marks=pytest.mark.slow)])
 def test_torchvision_state_dict_loads_strict_with_identical_logits(depth):
     torch.manual_seed(depth)
     theirs = getattr(torchvision.models, f"resnet{depth}")(num_classes=10)
