@@ -51,7 +51,7 @@ def _folder(cfg, split, transform, rank, num_classes, seed=0):
 
 
 def build_train_loader(cfg, batch_size, rank, world, seed, num_classes=None):
-    """Loader of (images, targets, bad) full batches for this rank; call loader.sampler.set_epoch() before each epoch."""
+    """Loader of (images, targets, bad) full batches for this rank; call loader.sampler.set_epoch() per epoch."""
     if cfg.synthetic:
         # At least one global batch, so large (gpus, samples_per_gpu) settings can still be timed.
         length = max(SYNTHETIC_TRAIN, world * batch_size)

@@ -1,6 +1,14 @@
 """Model zoo entry point: `build_model(model_cfg, norm)` builds an architecture from its config."""
-from .checkpoints import (Checkpoint, convert_released_sn, load_checkpoint, load_strict, read_checkpoint,
-                          read_released_sn, released_sn_options, strip_prefixes)
+from .checkpoints import (
+    Checkpoint,
+    convert_released_sn,
+    load_checkpoint,
+    load_strict,
+    read_checkpoint,
+    read_released_sn,
+    released_sn_options,
+    strip_prefixes,
+)
 from .resnet import ResNet
 
 ARCHS = {"resnet": ResNet}
