@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment and run the whole test suite: bash scripts/test.sh [pytest args]
+# Tests run in 2 worker processes (pytest-xdist); PYTEST_WORKERS=0 runs them in this process, in order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh pytest ruff  # the test dependencies; versions pinned in constraints.txt
-exec .venv/bin/python -m pytest "$@"
+bash scripts/setup.sh pytest pytest-xdist ruff  # the test dependencies; versions pinned in constraints.txt
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
