@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import norms
-from tests.norms.helpers import DEVICE, SN_TRITON, make_pair, make_x, run_oracle, sn_inputs
+from tests.norms.helpers import DEVICE, SN_TRITON, kernel_step, make_pair, make_x, run_oracle, sn_inputs
 
 FORMATS = {"nchw": False, "channels_last": True}
 # float64 to rounding; float32 within 1e-5 (statistics in float32); half precision: the output's rounding
@@ -30,12 +30,7 @@ def layer_for(shape, dtype, **kwargs):
 
 def run(layer, x, dy):
     """(y, dx, parameter grads) of sum(layer(x) * dy), checking that the whole-layer kernels ran."""
-    layer.zero_grad()
-    x = x.detach().clone().requires_grad_()
-    y = layer(x)
-    assert type(y.grad_fn).__name__ == SN_TRITON
-    (y * dy).sum().backward()
-    return y.detach(), x.grad, [p.grad.clone() for p in layer.parameters()]
+    return kernel_step(layer, x, dy, SN_TRITON)
 
 
 def check(layer, x, dy, groups, dtype):
