@@ -10,8 +10,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCKED = ["tensorboardX", "matplotlib", "safetensors", "tqdm", "timm"]
 PACKAGES = ["norms", "models", "configs", "data", "engine", "launch", "results", "benchmarks"]
-# results.plots draws the figures and needs matplotlib by design; nothing else may
-NEEDS_OPTIONAL = {"results.plots"}
+# results.plots and results.robustness_plots draw the figures and need matplotlib by design; nothing else may
+NEEDS_OPTIONAL = {"results.plots", "results.robustness_plots"}
 
 PROGRAM = textwrap.dedent("""
     import importlib, importlib.util, os, pkgutil, sys, tempfile
