@@ -3,11 +3,12 @@ import torch
 import torch.nn as nn
 
 from . import backends
+from .adaptation import Adaptable
 from .fused import ImplChoice, fused_norm
 from .kernels import ops
 
 
-class GroupNorm2d(ImplChoice, nn.GroupNorm):
+class GroupNorm2d(Adaptable, ImplChoice, nn.GroupNorm):
     """nn.GroupNorm (same constructor, state_dict and numerics: biased variance) plus `impl`.
 
     For 4-D input, "fused" and "auto" run the implementation norms/backends.py chooses (compiled CPU

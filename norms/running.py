@@ -1,5 +1,8 @@
 """Running-statistics bookkeeping shared by the BN and SN layers, and its population-average mode."""
 import torch
+import torch.distributed as dist
+
+from .distributed import active_group
 
 
 class PopulationAverage:
@@ -39,3 +42,35 @@ class RunningStatsMixin:
         momentum = self.momentum if self.momentum is not None else 1.0 / float(tracked)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(var.to(self.running_var.dtype), momentum)
+
+
+class PooledMoments:
+    """Exact statistics of everything added: count-weighted sums of means and second moments in float64."""
+
+    def __init__(self, num_features, device):
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum = torch.zeros(num_features, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros(num_features, dtype=torch.float64, device=device)
+
+    def add(self, mean, biased_var, count):
+        """Add one batch: per-channel mean and biased variance over `count` values."""
+        mean = mean.detach().double()
+        self.count += count
+        self.sum += count * mean
+        self.sum_sq += count * (biased_var.detach().double() + mean * mean)
+
+    def all_reduce(self, group=None):
+        if active_group(group) is None:
+            return
+        packed = torch.cat([self.count[None], self.sum, self.sum_sq])
+        dist.all_reduce(packed, group=group)
+        c = self.sum.numel()
+        self.count, self.sum, self.sum_sq = packed[0], packed[1:1 + c], packed[1 + c:]
+
+    def result(self, unbiased):
+        """(mean, variance) of all values added; the variance with Bessel's correction when `unbiased`."""
+        mean = self.sum / self.count
+        var = (self.sum_sq / self.count - mean * mean).clamp_min(0)
+        if unbiased and self.count > 1:
+            var = var * (self.count / (self.count - 1))
+        return mean, var

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 
 from . import backends
+from .adaptation import Adaptable
 from .common import affine, check_4d, check_groups, stats_dtype
 from .distributed import active_group, merge_moments
 from .fused import ImplChoice, fused_norm
@@ -10,7 +11,7 @@ from .kernels import ops
 from .running import RunningStatsMixin
 
 
-class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
+class SwitchNorm2d(Adaptable, ImplChoice, RunningStatsMixin, nn.Module):
     """Mixes instance, layer and batch statistics with learned softmax weights, ordered [IN, LN, BN].
 
     Numerics follow the authors' released SwitchNorm2d so their checkpoints reproduce:
@@ -29,6 +30,10 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
     - using_bn=False: IN and LN only (2 logits, no buffers), for one sample per GPU.
     - stat_groups=k: the BN branch uses per-chunk statistics of k equal consecutive chunks of the
       batch (k emulated GPUs); the EMA moves towards the average of the chunks' statistics.
+
+    - Test-time statistics (norms/adaptation.py) change the BN branch alone in eval mode: the test
+      batch's BN-branch mean and variance, or their mix with the running buffers; IN and LN stay
+      per sample, so without the BN branch there is nothing to adapt.
 
     impl: "reference" runs the code below; "fused" and "auto" run the implementation norms/backends.py
     chooses for the input (compiled CPU kernels, Triton kernels, or the generic fused path of
@@ -76,9 +81,36 @@ class SwitchNorm2d(ImplChoice, RunningStatsMixin, nn.Module):
                 f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}, "
                 f"stat_groups={self.stat_groups}, impl={self.impl!r}")
 
+    @property
+    def batch_statistics(self):
+        return "bn_branch" if self.using_bn else "none"
+
+    def switch_parameters(self):
+        return [self.mean_weight, self.var_weight]
+
     def forward(self, x):
         check_4d(x, type(self).__name__)
+        if not self.training and self.test_statistics is not None:
+            return self._forward_test_statistics(x)
         return backends.forward(self, x)
+
+    def _forward_test_statistics(self, x):
+        """The reference computation with the BN branch taken from this batch (every backend computes the same)."""
+        n, c, h, w = x.shape
+        xs = x.to(stats_dtype(x))
+        var_in, mean_in = torch.var_mean(xs, dim=(2, 3), correction=1 if h * w > 1 else 0)
+        mean_bn = mean_in.mean(0)
+        var_bn = var_in.mean(0) + (mean_in - mean_bn).pow(2).mean(0)
+        test = self.test_statistics
+        if test.pooled is not None:
+            test.pooled.add(mean_bn, var_bn, n)
+        if test.prior is not None:
+            source = test.prior / (test.prior + n)
+            mean_bn = source * self.running_mean + (1 - source) * mean_bn
+            var_bn = source * self.running_var + (1 - source) * var_bn
+        mean, var = self._mix(mean_in, var_in, self.mean_weight, self.var_weight, (mean_bn, var_bn), record=False)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return affine(xs, scale, self.bias - mean * scale).to(x.dtype)
 
     def _running(self):
         """(running_mean, running_var) where the BN branch reads them (eval mode), else ()."""
