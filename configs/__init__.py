@@ -1,6 +1,7 @@
 """Typed experiment configs: the schema, the YAML loader with `base:` inheritance and overrides."""
 from .loader import ConfigError, from_dict, load_config, read_yaml, to_dict
 from .schema import (
+    AdaptConfig,
     BatchConfig,
     CheckpointConfig,
     Config,
@@ -13,6 +14,6 @@ from .schema import (
     TrainConfig,
 )
 
-__all__ = ["Config", "ConfigError", "load_config", "read_yaml", "from_dict", "to_dict", "ModelConfig", "NormConfig",
-           "BatchConfig", "OptimConfig", "ScheduleConfig", "DataConfig", "TrainConfig", "LogConfig",
-           "CheckpointConfig"]
+__all__ = ["Config", "AdaptConfig", "ConfigError", "load_config", "read_yaml", "from_dict", "to_dict",
+           "ModelConfig", "NormConfig", "BatchConfig", "OptimConfig", "ScheduleConfig", "DataConfig", "TrainConfig",
+           "LogConfig", "CheckpointConfig"]

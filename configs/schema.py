@@ -115,6 +115,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Test-time adaptation of one evaluation (eval.py --adapt, robustness sweeps); not part of training.
+    Defaults and their sources: docs/robustness.md."""
+    method: Literal["source", "batch", "prior", "adabn", "tent"] = "source"
+    batch: int = spec(64, ge=1, le=256)        # test batch B of batch, prior and tent (Tent's ImageNet B)
+    prior: float = spec(16.0, ge=0)            # prior: the source statistics count as N samples
+    tent_lr: Optional[float] = spec(None, gt=0)  # null: 0.00025 * B / 64 (Tent's ImageNet SGD lr, linear in B)
+    tent_momentum: float = spec(0.9, ge=0, lt=1)
+    tent_mode: Literal["episodic", "domain", "continual"] = "domain"  # reset per batch / per domain / never
+    tent_switch: bool = False                  # also adapt SN's switch logits
+    seed: int = spec(0, ge=0)                  # the test stream's permutation
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     norm: NormConfig = field(default_factory=NormConfig)

@@ -69,3 +69,10 @@ def build_eval_loader(cfg, batch_size, rank, world, num_classes=None):
     else:
         dataset = _folder(cfg, cfg.val_split, eval_transform(cfg), rank, num_classes)
     return _loader(cfg, dataset, batch_size, EvalSampler(len(dataset), rank, world), seed=0)
+
+
+def build_stream_loader(cfg, dataset, batch_sampler):
+    """Loader of (images, targets, bad) batches in the order `batch_sampler` yields them (the test stream)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+        worker_init_fn=worker_init, generator=torch.Generator().manual_seed(0))

@@ -18,6 +18,23 @@ def progress(loader, desc="eval", total=None):
     return tqdm(loader, desc=desc, total=total, unit="batch", leave=False)
 
 
+def batch_sums(logits, targets, ok):
+    """(images, top-1 hits, top-5 hits, summed loss, unreadable) of one batch, float64; `ok`: readable images."""
+    top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+    hit = top5 == targets[:, None]
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return torch.stack([ok.sum(), (hit[:, 0] & ok).sum(), (hit.any(1) & ok).sum(),
+                        losses[ok].sum(), (~ok).sum()]).double()
+
+
+def metrics(sums):
+    """The metrics dict of summed `batch_sums` (all-reduced already when distributed)."""
+    n = max(sums[0].item(), 1.0)
+    return {"images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
+            "loss": sums[3].item() / n, "unreadable": int(sums[4].item()),
+            "correct1": int(sums[1].item()), "correct5": int(sums[2].item())}
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, channels_last=False, precision="fp32", keep_logits=False):
     """Return {"images", "top1", "top5", "loss", "unreadable"} (+ "logits", "targets", "indices").
@@ -39,21 +56,14 @@ def evaluate(model, loader, device, channels_last=False, precision="fp32", keep_
         with autocast(precision, device.type):
             logits = model(images).float()
         ok = (bad.to(device) < 0)
-        top5 = logits.topk(min(5, logits.shape[1]), 1).indices
-        hit = top5 == targets[:, None]
-        losses = F.cross_entropy(logits, targets, reduction="none")
-        sums += torch.stack([ok.sum(), (hit[:, 0] & ok).sum(), (hit.any(1) & ok).sum(),
-                             losses[ok].sum(), (~ok).sum()]).double()
+        sums += batch_sums(logits, targets, ok)
         if keep_logits:
             kept["logits"].append(logits[ok].cpu())
             kept["targets"].append(targets[ok].cpu())
             kept["indices"].append(order[offset:offset + len(targets)][ok.cpu()])
         offset += len(targets)
     all_reduce_sum(sums)
-    n = max(sums[0].item(), 1.0)
-    out = {"images": int(sums[0].item()), "top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
-           "loss": sums[3].item() / n, "unreadable": int(sums[4].item()),
-           "correct1": int(sums[1].item()), "correct5": int(sums[2].item())}
+    out = metrics(sums)
     if keep_logits:
         out.update({k: torch.cat(v) if v else torch.empty(0) for k, v in kept.items()})
     return out

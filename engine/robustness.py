@@ -1,0 +1,120 @@
+"""Evaluation of one adaptation method over a list of test domains (corruption x severity), exact for any world.
+
+How the streams are split over processes, so that the numbers do not depend on the world size:
+- source, adabn, batch, prior and tent in mode episodic: batch j of each domain's stream runs on rank
+  j % world (adabn first pools the statistics of the whole domain over all ranks);
+- tent in mode domain: domain d runs whole on rank d % world, in stream order;
+- tent in mode continual: one stream over all domains in order; it needs one process.
+"""
+import time
+
+import torch
+
+from data import build_stream_loader
+from norms import adaptation
+
+from .adapt import BATCH_METHODS, Adapter
+from .distributed import all_gather_objects, all_reduce_sum
+from .evaluate import batch_sums, metrics, progress
+from .stream import StreamBatches, stream_order
+
+
+def domain_key(domain):
+    """"corruption/severity": the domain's name in streams, logs and logits files."""
+    return f"{domain.corruption}/{domain.severity}"
+
+
+def share(cfg, index, env):
+    """How domain `index`'s batches are shared out: "batch", "all" or "none" for this rank (see the module)."""
+    if cfg.method == "tent" and cfg.tent_mode == "domain":
+        return "all" if index % env.world == env.rank else "none"
+    if cfg.method == "tent" and cfg.tent_mode == "continual":
+        if env.world > 1:
+            raise ValueError("tent in mode continual adapts along one stream over all domains and runs on one "
+                             "process; rerun with a single process, or use --tent-mode domain or episodic")
+        return "all"
+    return "batch"
+
+
+def evaluate_domains(model, domains, open_domain, cfg, env, data_cfg, precision, eval_batch, keep_logits=False):
+    """Per-domain metrics (and, with keep_logits, stream-ordered logits) of method cfg.method.
+
+    open_domain(domain) returns the domain's dataset (its classes already checked). Returns
+    (rows, logits, notes): rows as engine.evaluate.metrics plus corruption and severity.
+    """
+    batch = cfg.batch if cfg.method in BATCH_METHODS else eval_batch
+    adapter = Adapter(model, cfg, env.device, precision)
+    notes = []
+    if cfg.method != "source" and adapter.layers == 0 and cfg.method != "tent":
+        notes.append(f"the model has no batch statistics (normalizer without them), so {cfg.method} "
+                     "equals source: every statistics method is the identity here")
+    sums = torch.zeros(len(domains), 5, dtype=torch.float64, device=env.device)
+    kept = []
+    started = time.time()
+    try:
+        for index, domain in enumerate(domains):
+            dataset = open_domain(domain)
+            order = stream_order(len(dataset), cfg.seed, domain_key(domain))
+            if cfg.method == "adabn":
+                pooled = StreamBatches(order, eval_batch, env.rank, env.world)
+                adapter.start_domain(_images(build_stream_loader(data_cfg, dataset, pooled), env.device))
+            else:
+                adapter.start_domain()
+            sampler = StreamBatches(order, batch, env.rank, env.world, share(cfg, index, env))
+            loader = build_stream_loader(data_cfg, dataset, sampler)
+            kept_domain = {"logits": [], "targets": [], "indices": [], "positions": []}
+            positions = torch.as_tensor(sampler.positions(), dtype=torch.long)
+            offset = 0
+            for images, targets, bad in progress(loader, domain_key(domain)):
+                images, targets = images.to(env.device, non_blocking=True), targets.to(env.device)
+                logits = adapter.predict(images)
+                ok = bad.to(env.device) < 0
+                sums[index] += batch_sums(logits, targets, ok)
+                if keep_logits:
+                    take = ok.cpu()
+                    kept_domain["logits"].append(logits[ok].cpu())
+                    kept_domain["targets"].append(targets[ok].cpu())
+                    where = positions[offset:offset + len(targets)][take]
+                    kept_domain["positions"].append(where)
+                    kept_domain["indices"].append(order[where])
+                offset += len(targets)
+            if keep_logits:
+                kept.append({k: torch.cat(v) if v else torch.empty(0) for k, v in kept_domain.items()})
+    finally:
+        adapter.close()
+    all_reduce_sum(sums)
+    rows = [{"corruption": d.corruption, "severity": d.severity, **metrics(s)} for d, s in zip(domains, sums)]
+    for row in rows:
+        row["error"] = 100.0 - row["top1"]
+    logits = _gather_logits(kept, domains) if keep_logits else None
+    notes.append(f"{sum(r['images'] for r in rows)} images in {len(domains)} domains in {time.time() - started:.1f} s")
+    return rows, logits, notes
+
+
+def _images(loader, device):
+    for images, _, _ in loader:
+        yield images.to(device, non_blocking=True)
+
+
+def _gather_logits(kept, domains):
+    """{domain key: logits, targets, dataset indices, stream positions}, all ranks merged in stream order."""
+    parts = all_gather_objects(kept)
+    out = {}
+    for index, domain in enumerate(domains):
+        pieces = [p[index] for p in parts]
+        merged = {k: torch.cat([p[k] for p in pieces]) for k in pieces[0]}
+        order = merged["positions"].argsort()
+        out[domain_key(domain)] = {k: v[order] for k, v in merged.items()}
+    return out
+
+
+def describe(cfg, model):
+    """The record's method fields: B for batch-dependent methods, N for prior, the Tent settings."""
+    from .adapt import tent_lr
+    fields = {"method": cfg.method, "adapt_batch": cfg.batch if cfg.method in BATCH_METHODS else None,
+              "prior_n": cfg.prior if cfg.method == "prior" else None, "tent": None, "stream_seed": cfg.seed}
+    if cfg.method == "tent":
+        fields["tent"] = {"lr": tent_lr(cfg), "momentum": cfg.tent_momentum, "mode": cfg.tent_mode,
+                          "params": "affine+switch" if cfg.tent_switch else "affine", "steps": 1,
+                          "parameters": sum(p.numel() for p in adaptation.tent_parameters(model, cfg.tent_switch))}
+    return fields
