@@ -1,5 +1,6 @@
-"""Without the optional packages (tensorboardX, matplotlib, safetensors, tqdm, timm) every core module imports and
-a tiny CPU training, with TensorBoard off, runs and resumes: the GPU machine has none of them installed."""
+"""Without the optional packages (tensorboardX, matplotlib, safetensors, tqdm, timm, the corruption generator's)
+every core module imports and a tiny CPU training, with TensorBoard off, runs and resumes: the GPU machine has
+none of them installed."""
 import os
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import textwrap
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCKED = ["tensorboardX", "matplotlib", "safetensors", "tqdm", "timm"]
+BLOCKED = ["tensorboardX", "matplotlib", "safetensors", "tqdm", "timm",
+           "imagecorruptions", "cv2", "numba", "skimage", "scipy"]  # requirements-corruptions.txt
 PACKAGES = ["norms", "models", "configs", "data", "engine", "launch", "results", "benchmarks"]
 # results.plots and results.robustness_plots draw the figures and need matplotlib by design; nothing else may
 NEEDS_OPTIONAL = {"results.plots", "results.robustness_plots"}
