@@ -12,6 +12,11 @@ registry models/zoo.yaml: its file from the zoo folder, verified by sha256, and 
 The val folder's classes must be those the model was trained on, in label order: checked by name for
 this repository's checkpoints and exported zoo files, which record them; for other files only their
 number can be checked (against the model's outputs), and the output says the order was not verified.
+
+Under distribution shift (docs/robustness.md):
+  python eval.py CHECKPOINT --corruptions ROOT [--adapt METHOD --adapt-batch B ...] [--json] [--out FILE]
+evaluates every ROOT/<corruption>/<severity>/ folder (ImageNet-C layout) with test-time adaptation METHOD
+(source, batch, prior, adabn, tent) and prints one result record; --adapt alone adapts on the val split.
 """
 import argparse
 import dataclasses
@@ -19,19 +24,23 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import torch
 
 import norms
-from configs import Config, ConfigError, from_dict, load_config
-from data import build_eval_loader, build_train_loader
+from configs import AdaptConfig, Config, ConfigError, from_dict, load_config
+from data import build_eval_loader, build_train_loader, corruptions, eval_transform
+from engine.adapt import BATCH_METHODS, METHODS
 from engine.cli import USER_ERRORS, error_line
 from engine.distributed import all_gather_objects, init_distributed, shutdown
 from engine.evaluate import evaluate, progress
 from engine.precision import autocast
-from engine.run_folder import atomic_write
+from engine.robustness import describe, domain_key, evaluate_domains
+from engine.run_folder import CONFIG_NAME, atomic_write
 from engine.setting import effective_setting, statistics_batch
 from models import build_model, load_checkpoint, load_strict, released_sn_options, zoo
+from results.robustness import summarize
 
 
 def parse_args(argv):
@@ -50,6 +59,23 @@ def parse_args(argv):
     parser.add_argument("--recalibrate", type=_non_negative, default=0, metavar="N",
                         help="re-estimate norm statistics on N training batches first (each of the samples "
                              "one norm layer saw in training: samples_per_gpu, or the global batch for sync norms)")
+    shift = parser.add_argument_group("distribution shift (docs/robustness.md)")
+    shift.add_argument("--corruptions", metavar="ROOT", help="evaluate ROOT/<corruption>/<severity>/<class>/ folders")
+    shift.add_argument("--corruption-list", metavar="NAMES", default="common",
+                       help="comma-separated corruptions, 'common' (the 15 of the mCE, default) or 'all' (+4)")
+    shift.add_argument("--severities", metavar="S", default="1,2,3,4,5", help="comma-separated (default 1,2,3,4,5)")
+    shift.add_argument("--per-class", type=_positive, metavar="N", help="only the first N images of each class")
+    shift.add_argument("--per-domain", type=_positive, metavar="N", help="only the first N images of each domain")
+    shift.add_argument("--adapt", choices=METHODS, help="test-time adaptation method (default source: none)")
+    shift.add_argument("--adapt-batch", type=_positive, metavar="B",
+                       help="test batch of batch, prior and tent, 1 to 256 (default 64)")
+    shift.add_argument("--prior-n", type=float, metavar="N", help="prior: source statistics weigh N samples (16)")
+    shift.add_argument("--tent-lr", type=float, metavar="LR", help="tent: SGD lr (default 0.00025 * B / 64)")
+    shift.add_argument("--tent-mode", choices=("episodic", "domain", "continual"),
+                       help="tent: reset after every batch, at every domain (default), or never")
+    shift.add_argument("--tent-switch", action="store_true", help="tent: also adapt SN's switch logits")
+    shift.add_argument("--stream-seed", type=_non_negative, metavar="S", help="seed of the test stream's order (0)")
+    shift.add_argument("--out", metavar="FILE", help="also write the result record (JSON) to FILE")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.depth=101")
     return parser.parse_intermixed_args(argv)
 
@@ -59,6 +85,32 @@ def _non_negative(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def adapt_config(args, model):
+    """The AdaptConfig of the flags; a flag the chosen method does not use is an error, not ignored."""
+    method = args.adapt or "source"
+    given = {"--adapt-batch": args.adapt_batch, "--prior-n": args.prior_n, "--tent-lr": args.tent_lr,
+             "--tent-mode": args.tent_mode, "--tent-switch": args.tent_switch or None}
+    uses = {"--adapt-batch": BATCH_METHODS, "--prior-n": ("prior",), "--tent-lr": ("tent",),
+            "--tent-mode": ("tent",), "--tent-switch": ("tent",)}
+    for flag, value in given.items():
+        if value is not None and method not in uses[flag]:
+            raise ValueError(f"{flag} applies to --adapt {' or '.join(uses[flag])}, not {method}"
+                             + ("; source and adabn do not depend on the test batch (see --batch-size)"
+                                if flag == "--adapt-batch" else ""))
+    if args.tent_switch and not any(p for _, m in norms.adaptation.norm_layers(model) for p in m.switch_parameters()):
+        raise ValueError("--tent-switch adapts SN's switch logits, and this model has no SN layer")
+    values = {"method": method, "batch": args.adapt_batch, "prior": args.prior_n, "tent_lr": args.tent_lr,
+              "tent_mode": args.tent_mode, "tent_switch": args.tent_switch, "seed": args.stream_seed}
+    return from_dict(AdaptConfig, {k: v for k, v in values.items() if v is not None}, prefix="adapt")
 
 
 def pick_checkpoint(args, warn):
@@ -155,6 +207,44 @@ def _names(names, most=5):
     return quoted + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
+def shift_eval(args, cfg, model, classes, env, note):
+    """(record, logits) of one adaptation method over the --corruptions domains, or over the val split alone."""
+    adapt = adapt_config(args, model)
+    if args.corruptions:
+        # the default takes the common corruptions that are present; naming them requires every one
+        names = None if args.corruption_list == "common" else corruptions.parse_corruptions(args.corruption_list)
+        domains = corruptions.find_domains(args.corruptions, names, corruptions.parse_severities(args.severities),
+                                           log=note)
+    else:
+        domains = [corruptions.Domain("clean", 0, os.path.join(cfg.data.root, cfg.data.val_split))]
+    transform, orders = eval_transform(cfg.data), set()
+
+    def open_domain(domain):
+        dataset = corruptions.domain_dataset(domain, transform, args.per_class, args.per_domain)
+        orders.add(class_order(classes, dataset, cfg.model.num_classes)[0])
+        return dataset
+
+    started = time.time()
+    rows, logits, notes = evaluate_domains(model, domains, open_domain, adapt, env, cfg.data, cfg.train.precision,
+                                           args.batch_size, keep_logits=bool(args.save_logits))
+    imagenet_c = bool(args.corruptions) and cfg.model.num_classes == 1000
+    record = {"kind": "robustness", "schema": 1, "checkpoint": args.checkpoint, "norm": cfg.norm.type,
+              "run": run_name(args.checkpoint), **describe(adapt, model), "world": env.world,
+              "corruptions_root": args.corruptions, "imagenet_c": imagenet_c,
+              "class_order": "verified" if orders == {"verified"} else "not verified", "domains": rows,
+              "summary": summarize(rows, imagenet_c=imagenet_c) if args.corruptions else None,
+              "notes": notes, "seconds": round(time.time() - started, 1)}
+    return record, logits and {domain_key(d): logits[domain_key(d)] for d in domains}
+
+
+def run_name(checkpoint):
+    """The run folder's name for this repository's checkpoints, else the file's stem."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.exists(os.path.join(folder, CONFIG_NAME)):
+        return os.path.basename(folder)
+    return os.path.splitext(os.path.basename(checkpoint))[0]
+
+
 def main(argv=None):
     args = parse_args(argv)
     env = init_distributed()
@@ -171,6 +261,8 @@ def main(argv=None):
         cfg = resolve_config(args, saved, ckpt.kind, ckpt.state, note)
         norm = norms.build_norm(**dataclasses.asdict(cfg.norm))
         model = load_strict(build_model(cfg.model, norm), ckpt.state, f"checkpoint {args.checkpoint}").to(env.device)
+        if args.corruptions or args.adapt:
+            return shift_main(args, cfg, model, classes, ckpt.kind, env, note)
         # a folder's classes are checked here, by name or count, so data/ gets num_classes only to draw synthetic labels
         loader = build_eval_loader(cfg.data, args.batch_size, env.rank, env.world,
                                    num_classes=cfg.model.num_classes if cfg.data.synthetic else None)
@@ -225,6 +317,52 @@ def main(argv=None):
                      if entry else ""))
     shutdown()
     return code
+
+
+def shift_main(args, cfg, model, classes, kind, env, note):
+    """Print (and with --out write) the result record of --corruptions / --adapt; the exit code."""
+    try:
+        if args.recalibrate:
+            raise ValueError("--recalibrate re-estimates statistics on training data; with --corruptions or --adapt "
+                             "use --adapt adabn for the target data's statistics")
+        record, logits = shift_eval(args, cfg, model, classes, env, note)
+    except USER_ERRORS + (RuntimeError,) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        shutdown()
+        return 2
+    code = 0
+    if env.is_main:
+        record["format"] = kind
+        for line in record["notes"]:
+            note(f"note: {line}")
+        for path, write in ((args.save_logits, lambda f: torch.save({"method": record["method"], "domains": logits},
+                                                                     f)),
+                            (args.out, lambda f: f.write(json.dumps(record, indent=1).encode()))):
+            if path:
+                try:
+                    atomic_write(path, write)
+                except USER_ERRORS as e:
+                    print(f"error: {path}: {error_line(e)}", file=sys.stderr)
+                    code = 2
+        print(json.dumps(record) if args.json else shift_line(record))
+    shutdown()
+    return code
+
+
+def shift_line(record):
+    """The human-readable summary of a result record."""
+    method = (record["method"] + (f" N={record['prior_n']:g}" if record["prior_n"] is not None else "")
+              + (f" B={record['adapt_batch']}" if record["adapt_batch"] else "")
+              + (f" ({record['tent']['mode']}, {record['tent']['params']}, lr {record['tent']['lr']:.3g})"
+                 if record["tent"] else ""))
+    if record["summary"] is None:
+        (row,) = record["domains"]
+        return (f"{record['checkpoint']} with {method}: top1 {row['top1']:.2f} top5 {row['top5']:.2f} "
+                f"on {row['images']} images")
+    summary = record["summary"]
+    mce = f", mCE {summary['mce']:.2f}" if summary.get("mce") is not None else ""
+    return (f"{record['checkpoint']} with {method}: mean error {summary['mean_error']:.2f}{mce} over "
+            f"{len(record['domains'])} domains, {sum(r['images'] for r in record['domains'])} images")
 
 
 def _pct(value):
