@@ -106,7 +106,7 @@ def adapt_config(args, model):
             raise ValueError(f"{flag} applies to --adapt {' or '.join(uses[flag])}, not {method}"
                              + ("; source and adabn do not depend on the test batch (see --batch-size)"
                                 if flag == "--adapt-batch" else ""))
-    if args.tent_switch and not any(p for _, m in norms.adaptation.norm_layers(model) for p in m.switch_parameters()):
+    if args.tent_switch and not any(m.switch_parameters() for _, m in norms.adaptation.norm_layers(model)):
         raise ValueError("--tent-switch adapts SN's switch logits, and this model has no SN layer")
     values = {"method": method, "batch": args.adapt_batch, "prior": args.prior_n, "tent_lr": args.tent_lr,
               "tent_mode": args.tent_mode, "tent_switch": args.tent_switch, "seed": args.stream_seed}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import norms
 from configs import AdaptConfig
 from engine.adapt import Adapter, entropy, tent_lr
+from engine.robustness import share
 from engine.stream import StreamBatches, stream_order
 from tests.norms import reference
 
@@ -173,3 +174,15 @@ def test_stream_batches_cover_every_position_once_for_any_world(length, batch, w
     whole = StreamBatches(order, batch, 0, world, share="all")
     assert [i for b in whole for i in b] == order.tolist()
     assert len(StreamBatches(order, batch, 0, world, share="none")) == 0
+
+
+def test_each_method_s_stream_split_over_ranks():
+    env = lambda rank, world: type("Env", (), {"rank": rank, "world": world})  # noqa: E731
+    for method in ("source", "batch", "prior", "adabn"):
+        assert share(AdaptConfig(method=method), 3, env(1, 2)) == "batch"
+    assert share(AdaptConfig(method="tent", tent_mode="episodic"), 3, env(0, 2)) == "batch"
+    domain = AdaptConfig(method="tent", tent_mode="domain")
+    assert [share(domain, d, env(1, 3)) for d in range(4)] == ["none", "all", "none", "none"]
+    assert share(AdaptConfig(method="tent", tent_mode="continual"), 5, env(0, 1)) == "all"
+    with pytest.raises(ValueError, match="tent in mode continual adapts along one stream .* runs on one process"):
+        share(AdaptConfig(method="tent", tent_mode="continual"), 0, env(0, 2))
