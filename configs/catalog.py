@@ -29,13 +29,15 @@ def description(path):
 
 
 def summary(path):
-    """What the file sets up: 'norm (G, B)' for a training config, 'sweep' for a sweep file."""
+    """What the file sets up: 'norm (G, B)' for a training config, 'sweep' or 'robustness sweep' for sweep files."""
     try:
         cfg = load_config(path)
     except ConfigError:
         raw = read_yaml(path)
         if isinstance(raw, dict) and "axes" in raw:
             return "sweep"
+        if isinstance(raw, dict) and {"models", "methods"} <= set(raw):
+            return "robustness sweep"
         raise
     return f"{cfg.norm.type} ({cfg.batch.gpus}, {cfg.batch.samples_per_gpu})"
 
