@@ -38,5 +38,8 @@ if [ "$status" != 0 ]; then
        "$TABLE/ holds the cells that finished" >&2
   exit "$status"
 fi
-[ "$collected" = 0 ] || exit "$collected"
+if [ "$collected" != 0 ]; then
+  echo "mini_robustness: collecting the records in $RECORDS/ failed (exit code $collected)" >&2
+  exit "$collected"
+fi
 echo "mini_robustness: finished in $(( $(date +%s) - start )) s; table and plots in $TABLE/"
