@@ -114,7 +114,8 @@ def describe(cfg, model):
     fields = {"method": cfg.method, "adapt_batch": cfg.batch if cfg.method in BATCH_METHODS else None,
               "prior_n": cfg.prior if cfg.method == "prior" else None, "tent": None, "stream_seed": cfg.seed}
     if cfg.method == "tent":
-        fields["tent"] = {"lr": tent_lr(cfg), "momentum": cfg.tent_momentum, "mode": cfg.tent_mode,
+        fields["tent"] = {"lr": tent_lr(cfg), "lr_rule": "0.00025*B/64" if cfg.tent_lr is None else None,
+                          "momentum": cfg.tent_momentum, "mode": cfg.tent_mode,
                           "params": "affine+switch" if cfg.tent_switch else "affine", "steps": 1,
                           "parameters": sum(p.numel() for p in adaptation.tent_parameters(model, cfg.tent_switch))}
     return fields

@@ -167,7 +167,8 @@ class Record:
             return f"prior N={data['prior_n']:g}"
         if method == "tent" and data.get("tent"):
             tent = data["tent"]
-            return f"tent ({tent.get('mode')}, {tent.get('params')}, lr={tent.get('lr')})"
+            lr = tent.get("lr_rule") or tent.get("lr")  # the scaled default is one row over every B
+            return f"tent ({tent.get('mode')}, {tent.get('params')}, lr={lr})"
         return method
 
 
@@ -304,7 +305,17 @@ def relative_mce(table, baseline):
     base = _baseline(table, baseline)
     if base is None:
         return {}
-    return {r.path: relative_errors(r.data, base.data)["mean"] for cells in table.rows.values() for r in cells.values()}
+    out = {}
+    for cells in table.rows.values():
+        for r in cells.values():
+            try:
+                out[r.path] = relative_errors(r.data, base.data)["mean"]
+            except ValueError as error:  # e.g. the baseline has zero error on a corruption: no ratio, say why
+                out[r.path] = None
+                note = f"no relative mCE for {r.data['run']} {r.variant}: {error}"
+                if note not in table.notes:
+                    table.notes.append(note)
+    return out
 
 
 def reading(table, threshold=COLLAPSE_POINTS):
