@@ -24,23 +24,21 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import torch
 
 import norms
 from configs import AdaptConfig, Config, ConfigError, from_dict, load_config
 from data import build_eval_loader, build_train_loader, corruptions, eval_transform
+from engine import robustness
 from engine.adapt import BATCH_METHODS, METHODS
 from engine.cli import USER_ERRORS, error_line
 from engine.distributed import all_gather_objects, init_distributed, shutdown
 from engine.evaluate import evaluate, progress
 from engine.precision import autocast
-from engine.robustness import describe, domain_key, evaluate_domains
-from engine.run_folder import CONFIG_NAME, atomic_write
+from engine.run_folder import atomic_write
 from engine.setting import effective_setting, statistics_batch
 from models import build_model, load_checkpoint, load_strict, released_sn_options, zoo
-from results.robustness import summarize
 
 
 def parse_args(argv):
@@ -150,23 +148,23 @@ def resolve_config(args, saved, kind, state, note=print):
     return cfg
 
 
-def check_output(path):
-    """Refuse a --save-logits path that cannot be written, before any work, by creating a file beside it.
+def check_output(path, flag="--save-logits"):
+    """Refuse an output path that cannot be written, before any work, by creating a file beside it.
 
     os.access is not enough: it grants root write access to folders that refuse new files anyway (/proc).
     """
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ValueError(f"--save-logits {path}: is a folder; give a file name, e.g. {os.path.join(path, 'logits.pt')}")
+        raise ValueError(f"{flag} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'logits.pt')}")
     if not os.path.exists(folder):
-        raise FileNotFoundError(f"--save-logits {path}: folder {folder} does not exist; create it first")
+        raise FileNotFoundError(f"{flag} {path}: folder {folder} does not exist; create it first")
     if not os.path.isdir(folder):
-        raise ValueError(f"--save-logits {path}: {folder} is not a folder; give a path inside a folder")
+        raise ValueError(f"{flag} {path}: {folder} is not a folder; give a path inside a folder")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".eval-write-check-"):
             pass
     except OSError as e:
-        raise ValueError(f"--save-logits {path}: cannot write in {folder} ({e.strerror or type(e).__name__}); "
+        raise ValueError(f"{flag} {path}: cannot write in {folder} ({e.strerror or type(e).__name__}); "
                          "choose a writable folder") from None
 
 
@@ -217,32 +215,15 @@ def shift_eval(args, cfg, model, classes, env, note):
                                            log=note)
     else:
         domains = [corruptions.Domain("clean", 0, os.path.join(cfg.data.root, cfg.data.val_split))]
-    transform, orders = eval_transform(cfg.data), set()
+    transform = eval_transform(cfg.data)
 
     def open_domain(domain):
         dataset = corruptions.domain_dataset(domain, transform, args.per_class, args.per_domain)
-        orders.add(class_order(classes, dataset, cfg.model.num_classes)[0])
-        return dataset
+        return dataset, class_order(classes, dataset, cfg.model.num_classes)[0]
 
-    started = time.time()
-    rows, logits, notes = evaluate_domains(model, domains, open_domain, adapt, env, cfg.data, cfg.train.precision,
-                                           args.batch_size, keep_logits=bool(args.save_logits))
-    imagenet_c = bool(args.corruptions) and cfg.model.num_classes == 1000
-    record = {"kind": "robustness", "schema": 1, "checkpoint": args.checkpoint, "norm": cfg.norm.type,
-              "run": run_name(args.checkpoint), **describe(adapt, model), "world": env.world,
-              "corruptions_root": args.corruptions, "imagenet_c": imagenet_c,
-              "class_order": "verified" if orders == {"verified"} else "not verified", "domains": rows,
-              "summary": summarize(rows, imagenet_c=imagenet_c) if args.corruptions else None,
-              "notes": notes, "seconds": round(time.time() - started, 1)}
-    return record, logits and {domain_key(d): logits[domain_key(d)] for d in domains}
-
-
-def run_name(checkpoint):
-    """The run folder's name for this repository's checkpoints, else the file's stem."""
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    if os.path.exists(os.path.join(folder, CONFIG_NAME)):
-        return os.path.basename(folder)
-    return os.path.splitext(os.path.basename(checkpoint))[0]
+    return robustness.result_record(model, cfg, adapt, domains, open_domain, env, args.batch_size,
+                                    checkpoint=args.checkpoint, corruptions_root=args.corruptions,
+                                    keep_logits=bool(args.save_logits))
 
 
 def main(argv=None):
@@ -251,8 +232,9 @@ def main(argv=None):
     note = (lambda line: print(line, file=sys.stderr)) if env.is_main else (lambda line: None)
     recalibrated = None
     try:
-        if args.save_logits:
-            check_output(args.save_logits)
+        for flag, path in (("--save-logits", args.save_logits), ("--out", args.out)):
+            if path:
+                check_output(path, flag)
         entry = pick_checkpoint(args, note)
         ckpt = load_checkpoint(args.checkpoint)
         saved, classes = ckpt.config, ckpt.classes
@@ -344,25 +326,9 @@ def shift_main(args, cfg, model, classes, kind, env, note):
                 except USER_ERRORS as e:
                     print(f"error: {path}: {error_line(e)}", file=sys.stderr)
                     code = 2
-        print(json.dumps(record) if args.json else shift_line(record))
+        print(json.dumps(record) if args.json else robustness.summary_line(record))
     shutdown()
     return code
-
-
-def shift_line(record):
-    """The human-readable summary of a result record."""
-    method = (record["method"] + (f" N={record['prior_n']:g}" if record["prior_n"] is not None else "")
-              + (f" B={record['adapt_batch']}" if record["adapt_batch"] else "")
-              + (f" ({record['tent']['mode']}, {record['tent']['params']}, lr {record['tent']['lr']:.3g})"
-                 if record["tent"] else ""))
-    if record["summary"] is None:
-        (row,) = record["domains"]
-        return (f"{record['checkpoint']} with {method}: top1 {row['top1']:.2f} top5 {row['top5']:.2f} "
-                f"on {row['images']} images")
-    summary = record["summary"]
-    mce = f", mCE {summary['mce']:.2f}" if summary.get("mce") is not None else ""
-    return (f"{record['checkpoint']} with {method}: mean error {summary['mean_error']:.2f}{mce} over "
-            f"{len(record['domains'])} domains, {sum(r['images'] for r in record['domains'])} images")
 
 
 def _pct(value):

@@ -6,16 +6,19 @@ How the streams are split over processes, so that the numbers do not depend on t
 - tent in mode domain: domain d runs whole on rank d % world, in stream order;
 - tent in mode continual: one stream over all domains in order; it needs one process.
 """
+import os
 import time
 
 import torch
 
 from data import build_stream_loader
 from norms import adaptation
+from results.robustness import summarize
 
 from .adapt import BATCH_METHODS, Adapter
 from .distributed import all_gather_objects, all_reduce_sum
 from .evaluate import batch_sums, metrics, progress
+from .run_folder import CONFIG_NAME
 from .stream import StreamBatches, stream_order
 
 
@@ -39,8 +42,8 @@ def share(cfg, index, env):
 def evaluate_domains(model, domains, open_domain, cfg, env, data_cfg, precision, eval_batch, keep_logits=False):
     """Per-domain metrics (and, with keep_logits, stream-ordered logits) of method cfg.method.
 
-    open_domain(domain) returns the domain's dataset (its classes already checked). Returns
-    (rows, logits, notes): rows as engine.evaluate.metrics plus corruption and severity.
+    open_domain(domain) returns (dataset, class check: "verified" or "not verified"). Returns
+    (rows, logits, notes, checks): rows as engine.evaluate.metrics plus corruption, severity and error.
     """
     batch = cfg.batch if cfg.method in BATCH_METHODS else eval_batch
     adapter = Adapter(model, cfg, env.device, precision)
@@ -49,11 +52,12 @@ def evaluate_domains(model, domains, open_domain, cfg, env, data_cfg, precision,
         notes.append(f"the model has no batch statistics (normalizer without them), so {cfg.method} "
                      "equals source: every statistics method is the identity here")
     sums = torch.zeros(len(domains), 5, dtype=torch.float64, device=env.device)
-    kept = []
+    kept, checks = [], set()
     started = time.time()
     try:
         for index, domain in enumerate(domains):
-            dataset = open_domain(domain)
+            dataset, check = open_domain(domain)
+            checks.add(check)
             order = stream_order(len(dataset), cfg.seed, domain_key(domain))
             if cfg.method == "adabn":
                 pooled = StreamBatches(order, eval_batch, env.rank, env.world)
@@ -88,7 +92,7 @@ def evaluate_domains(model, domains, open_domain, cfg, env, data_cfg, precision,
         row["error"] = 100.0 - row["top1"]
     logits = _gather_logits(kept, domains) if keep_logits else None
     notes.append(f"{sum(r['images'] for r in rows)} images in {len(domains)} domains in {time.time() - started:.1f} s")
-    return rows, logits, notes
+    return rows, logits, notes, checks
 
 
 def _images(loader, device):
@@ -106,6 +110,46 @@ def _gather_logits(kept, domains):
         order = merged["positions"].argsort()
         out[domain_key(domain)] = {k: v[order] for k, v in merged.items()}
     return out
+
+
+def result_record(model, cfg, adapt, domains, open_domain, env, eval_batch, checkpoint, corruptions_root,
+                  keep_logits=False):
+    """(record, logits) of method `adapt` over `domains` (docs/robustness.md has the record's fields)."""
+    started = time.time()
+    rows, logits, notes, checks = evaluate_domains(model, domains, open_domain, adapt, env, cfg.data,
+                                                   cfg.train.precision, eval_batch, keep_logits)
+    imagenet_c = corruptions_root is not None and cfg.model.num_classes == 1000
+    record = {"kind": "robustness", "schema": 1, "checkpoint": checkpoint, "norm": cfg.norm.type,
+              "run": run_name(checkpoint), **describe(adapt, model), "world": env.world,
+              "corruptions_root": corruptions_root, "imagenet_c": imagenet_c,
+              "class_order": "verified" if checks == {"verified"} else "not verified", "domains": rows,
+              "summary": summarize(rows, imagenet_c=imagenet_c) if corruptions_root else None,
+              "notes": notes, "seconds": round(time.time() - started, 1)}
+    return record, logits
+
+
+def run_name(checkpoint):
+    """The run folder's name for this repository's checkpoints, else the file's stem."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if os.path.exists(os.path.join(folder, CONFIG_NAME)):
+        return os.path.basename(folder)
+    return os.path.splitext(os.path.basename(checkpoint))[0]
+
+
+def summary_line(record):
+    """The human-readable summary of a result record."""
+    tent = record["tent"]
+    method = (record["method"] + (f" N={record['prior_n']:g}" if record["prior_n"] is not None else "")
+              + (f" B={record['adapt_batch']}" if record["adapt_batch"] else "")
+              + (f" ({tent['mode']}, {tent['params']}, lr {tent['lr']:.3g})" if tent else ""))
+    if record["summary"] is None:
+        (row,) = record["domains"]
+        return (f"{record['checkpoint']} with {method}: top1 {row['top1']:.2f} top5 {row['top5']:.2f} "
+                f"on {row['images']} images")
+    summary = record["summary"]
+    mce = f", mCE {summary['mce']:.2f}" if summary.get("mce") is not None else ""
+    return (f"{record['checkpoint']} with {method}: mean error {summary['mean_error']:.2f}{mce} over "
+            f"{len(record['domains'])} domains, {sum(r['images'] for r in record['domains'])} images")
 
 
 def describe(cfg, model):
