@@ -1,7 +1,7 @@
 """Robustness sweep files: expand models x adaptation methods x test batches into eval.py cells.
 
 A robustness sweep file names trained run folders, an ImageNet-C layout corruption root, the methods and
-test batches B to evaluate, and extra cells (see docs/robustness_mini.md). Every cell's adaptation keys are
+test batches B to evaluate, and extra cells (see docs/robustness.md). Every cell's adaptation keys are
 checked through configs.AdaptConfig before anything runs. Nothing here starts a process;
 scripts/robustness_sweep.py does.
 """

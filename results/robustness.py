@@ -157,6 +157,8 @@ class Record:
     def group(self):
         """The table a record belongs to: records of other corruption data are never mixed."""
         root = self.data.get("corruptions_root") or "?"
+        if os.path.isabs(root) and _inside(root, os.getcwd()):   # a path inside the current folder, as typed
+            root = os.path.relpath(root)
         return f"corruptions {root}" + (" (ImageNet-C)" if self.data.get("imagenet_c") else "")
 
     @property
@@ -170,6 +172,10 @@ class Record:
             lr = tent.get("lr_rule") or tent.get("lr")  # the scaled default is one row over every B
             return f"tent ({tent.get('mode')}, {tent.get('params')}, lr={lr})"
         return method
+
+
+def _inside(path, folder):
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
 
 
 def _json_files(path):

@@ -6,7 +6,7 @@ Each cell writes its result record to DIR/<cell>.json (cells repeating another w
 DIR/stream_seed<S>/<cell>.json, which the collector would otherwise count as the same cell). Cells whose record
 exists are skipped, so a rerun resumes. A failed cell does not stop the others; the exit code is then 1.
 Collect with: python scripts/collect_results.py --robustness DIR/*.json --out TABLE_DIR. See
-docs/robustness_mini.md.
+docs/robustness.md.
 """
 import argparse
 import json
