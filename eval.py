@@ -31,7 +31,7 @@ import norms
 from configs import AdaptConfig, Config, ConfigError, from_dict, load_config
 from data import build_eval_loader, build_train_loader, corruptions, eval_transform
 from engine import robustness
-from engine.adapt import BATCH_METHODS, METHODS
+from engine.adapt import METHODS, USED_BY
 from engine.cli import USER_ERRORS, error_line
 from engine.distributed import all_gather_objects, init_distributed, shutdown
 from engine.evaluate import evaluate, progress
@@ -95,13 +95,12 @@ def _positive(text):
 def adapt_config(args, model):
     """The AdaptConfig of the flags; a flag the chosen method does not use is an error, not ignored."""
     method = args.adapt or "source"
-    given = {"--adapt-batch": args.adapt_batch, "--prior-n": args.prior_n, "--tent-lr": args.tent_lr,
-             "--tent-mode": args.tent_mode, "--tent-switch": args.tent_switch or None}
-    uses = {"--adapt-batch": BATCH_METHODS, "--prior-n": ("prior",), "--tent-lr": ("tent",),
-            "--tent-mode": ("tent",), "--tent-switch": ("tent",)}
-    for flag, value in given.items():
-        if value is not None and method not in uses[flag]:
-            raise ValueError(f"{flag} applies to --adapt {' or '.join(uses[flag])}, not {method}"
+    given = {("--adapt-batch", "batch"): args.adapt_batch, ("--prior-n", "prior"): args.prior_n,
+             ("--tent-lr", "tent_lr"): args.tent_lr, ("--tent-mode", "tent_mode"): args.tent_mode,
+             ("--tent-switch", "tent_switch"): args.tent_switch or None}
+    for (flag, field), value in given.items():
+        if value is not None and method not in USED_BY[field]:
+            raise ValueError(f"{flag} applies to --adapt {' or '.join(USED_BY[field])}, not {method}"
                              + ("; source and adabn do not depend on the test batch (see --batch-size)"
                                 if flag == "--adapt-batch" else ""))
     if args.tent_switch and not any(m.switch_parameters() for _, m in norms.adaptation.norm_layers(model)):

@@ -9,6 +9,9 @@ from .precision import autocast
 
 METHODS = ("source", "batch", "prior", "adabn", "tent")
 BATCH_METHODS = ("batch", "prior", "tent")        # their predictions depend on the test batch B
+# AdaptConfig field -> the methods that use it; giving a field to any other method is an error (eval.py, sweeps)
+USED_BY = {"batch": BATCH_METHODS, "prior": ("prior",), "tent_lr": ("tent",), "tent_momentum": ("tent",),
+           "tent_mode": ("tent",), "tent_switch": ("tent",), "seed": METHODS}
 TENT_LR, TENT_BATCH = 0.00025, 64                  # Tent's ImageNet SGD learning rate at batch 64 (Wang et al. 2021)
 
 

@@ -15,7 +15,7 @@ from data import build_stream_loader
 from norms import adaptation
 from results.robustness import summarize
 
-from .adapt import BATCH_METHODS, Adapter
+from .adapt import BATCH_METHODS, Adapter, tent_lr
 from .distributed import all_gather_objects, all_reduce_sum
 from .evaluate import batch_sums, metrics, progress
 from .run_folder import CONFIG_NAME
@@ -154,7 +154,6 @@ def summary_line(record):
 
 def describe(cfg, model):
     """The record's method fields: B for batch-dependent methods, N for prior, the Tent settings."""
-    from .adapt import tent_lr
     fields = {"method": cfg.method, "adapt_batch": cfg.batch if cfg.method in BATCH_METHODS else None,
               "prior_n": cfg.prior if cfg.method == "prior" else None, "tent": None, "stream_seed": cfg.seed}
     if cfg.method == "tent":

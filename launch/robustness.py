@@ -15,19 +15,19 @@ import yaml
 
 from configs import AdaptConfig, ConfigError, from_dict, read_yaml
 from engine import run_folder
-from engine.adapt import BATCH_METHODS, METHODS
+from engine.adapt import BATCH_METHODS, METHODS, USED_BY
 from launch import sweep as sweep_files
 
 KEYS = ("name", "runs", "models", "checkpoint", "corruptions", "corruption_list", "severities", "methods",
         "adapt_batch", "adapt", "eval", "extra")
 # sweep key -> (AdaptConfig field, eval.py flag, methods that take it, cell-name tag)
 ADAPT_KEYS = {
-    "adapt_batch": ("batch", "--adapt-batch", BATCH_METHODS, "B"),
-    "prior_n": ("prior", "--prior-n", ("prior",), "N"),
-    "tent_lr": ("tent_lr", "--tent-lr", ("tent",), "lr"),
-    "tent_mode": ("tent_mode", "--tent-mode", ("tent",), ""),
-    "tent_switch": ("tent_switch", "--tent-switch", ("tent",), "switch"),
-    "stream_seed": ("seed", "--stream-seed", METHODS, "seed"),
+    "adapt_batch": ("batch", "--adapt-batch", USED_BY["batch"], "B"),
+    "prior_n": ("prior", "--prior-n", USED_BY["prior"], "N"),
+    "tent_lr": ("tent_lr", "--tent-lr", USED_BY["tent_lr"], "lr"),
+    "tent_mode": ("tent_mode", "--tent-mode", USED_BY["tent_mode"], ""),
+    "tent_switch": ("tent_switch", "--tent-switch", USED_BY["tent_switch"], "switch"),
+    "stream_seed": ("seed", "--stream-seed", USED_BY["seed"], "seed"),
 }
 SHARED_ADAPT = tuple(k for k in ADAPT_KEYS if k != "adapt_batch")   # the `adapt:` section's keys
 EVAL_KEYS = {"per_class": "--per-class", "per_domain": "--per-domain", "batch_size": "--batch-size",
