@@ -1,6 +1,7 @@
 """The trainer: one class whose methods are the steps of training, driven by a validated Config."""
 import dataclasses
 import inspect
+import math
 import os
 import resource
 import time
@@ -336,8 +337,9 @@ class Trainer:
     def train_step(self, images, targets, bad):
         """Forward, backward, optimizer step; returns the step's StepFlags, reduced over ranks in the background.
 
-        The host does not wait for the step: its finiteness guard, bad-image count, stop request and
-        metrics travel in one asynchronous all-reduce and are read (settled) at the next step.
+        The host does not wait for the step: its loss and top-1/top-5 hits, the gradient norm when clipping,
+        the bad-image count and the stop request travel in one asynchronous all-reduce and are read (settled)
+        at the next step. No pass over the gradients is made unless clipping needs their norm.
         """
         device = self.env.device
         images = images.to(device, non_blocking=True)
@@ -353,21 +355,21 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        finite = torch.isfinite(loss.detach())
+        norm = loss.detach().new_zeros(())  # summed with the others: non-finite only if some rank's norm is
         clip = self.cfg.optim.clip_grad_norm
-        if clip or not self.scaler:  # gradient overflow under fp16 is the scaler's business: it skips the step
+        if clip:
             params = [p for p in self.model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)  # for the guard and the clip
-            if not self.scaler:
-                finite = finite & torch.isfinite(norm)
-            if clip:
-                torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)  # scales only
-        self._warn_bad_images(bad)
-        top5 = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
-        host = torch.tensor([float((bad >= 0).sum()), float(self.stop.requested())], dtype=torch.float64)
-        stats = torch.cat([(~finite).double().reshape(1), host.to(device, non_blocking=True),
-                           torch.stack([loss.detach().double(), top5[:, 0].sum().double(),
-                                        top5.any(1).sum().double()])])
+            total = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total, foreach=True)  # scales only
+            if not self.scaler:  # gradient overflow under fp16 is the scaler's business: it skips the step
+                norm = total
+        bad_count = int((bad >= 0).sum())  # bad stays on the host: no device synchronization
+        if bad_count:
+            self._warn_bad_images(bad)
+        hits = logits.detach().topk(min(5, logits.shape[1]), 1).indices == targets[:, None]
+        host = torch.tensor([bad_count, float(self.stop.requested())], dtype=torch.float64)
+        stats = torch.cat([torch.stack([loss.detach(), norm, hits[:, 0].sum(), hits.sum()]).double(),
+                           host.to(device, non_blocking=True)])
         flags = StepFlags(stats, self.global_step + 1, len(targets) * self.env.world)
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -377,13 +379,20 @@ class Trainer:
         return flags
 
     def _settle(self, flags):
-        """Act on a finished step's reduced flags: the guard, the bad-image limit, the stop request, the metrics."""
-        nonfinite, bad_total, stop, loss_sum, correct1, correct5 = flags.values()
-        if nonfinite > 0:
+        """Act on a finished step's reduced flags: the guard, the bad-image limit, the stop request, the metrics.
+
+        The guard reads the loss (and, when clipping, the gradient norm) summed over ranks in float64, which
+        is non-finite exactly when some rank's is. A non-finite gradient under a finite loss makes the
+        weights non-finite, and with them the next step's loss, so it stops the run one step later; save()
+        refuses non-finite weights in any case.
+        """
+        loss_sum, norm_sum, correct1, correct5, bad_total, stop = flags.values()
+        if not math.isfinite(loss_sum) or not math.isfinite(norm_sum):
+            what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
             raise FloatingPointError(
-                f"non-finite loss or gradient at iteration {flags.step}; the weights it updated were never "
-                f"checkpointed, the last checkpoint in {self.run_dir} is intact: lower optim.lr, add warmup or "
-                "use bf16 instead of fp16")
+                f"non-finite {what} at iteration {flags.step}; no checkpoint holds the weights it produced, "
+                f"the last checkpoint in {self.run_dir} is intact: lower optim.lr, add warmup or use bf16 "
+                "instead of fp16")
         self.bad_images += int(bad_total)
         if self.bad_images > self.cfg.data.max_bad_images:
             raise RuntimeError(f"{self.bad_images} unreadable training images exceed data.max_bad_images="
@@ -404,11 +413,10 @@ class Trainer:
 
     def _warn_bad_images(self, bad):
         """Name this rank's unreadable files at once (the loader reports them on the host)."""
-        if (bad >= 0).any():
-            dataset = self.train_loader.dataset
-            for index in bad[bad >= 0].tolist():
-                print(f"warning (rank {self.env.rank}): unreadable image {dataset.samples[index][0]} "
-                      "replaced by the next readable one", flush=True)
+        dataset = self.train_loader.dataset
+        for index in bad[bad >= 0].tolist():
+            print(f"warning (rank {self.env.rank}): unreadable image {dataset.samples[index][0]} "
+                  "replaced by the next readable one", flush=True)
 
     def validate(self):
         if not self.cfg.norm.using_moving_average:
