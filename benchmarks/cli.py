@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from . import compiled, layers, network, pipeline, report, shapes, timing, trainer, variants
+from . import compiled, layers, network, pipeline, report, shapes, timing, trainer, trainer_step, variants
 
-SECTIONS = ("layers", "network", "pipeline")  # the default; "compile" and "trainer" run only when asked for
-CHOICES = SECTIONS + ("compile", "trainer")
+SECTIONS = ("layers", "network", "pipeline")  # the default; the others run only when asked for
+CHOICES = SECTIONS + ("compile", "trainer", "trainer-step")
 # Per device (and --quick) defaults: the full matrix on CUDA, a few minutes on a 2-core CPU, seconds for tests.
 DEFAULTS = {
     "cuda": dict(layer_batch=[32, 256], shape_size=224, precision=["fp32", "bf16"], repeats=10, warmup=3,
@@ -73,7 +73,8 @@ def parser():
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--what", type=_list(str, CHOICES), default=list(SECTIONS),
                    help="sections, e.g. layers,network (default: layers,network,pipeline; compile: eager against "
-                   "torch.compile, and trainer: train.py against a plain loop, only when named)")
+                   "torch.compile, trainer: train.py against a plain loop, trainer-step: the trainer's step "
+                   "against a plain step in one process, only when named)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and 1 repeat (for tests)")
     p.add_argument("--repeats", type=int, help="timed repeats per variant (median reported)")
     p.add_argument("--warmup", type=int, help="untimed calls per variant before timing")
@@ -168,7 +169,7 @@ def settings(args):
         raise ValueError(f"--compile-variants must include {variants.BASELINE}: every ratio is taken against it")
     if args.compile_size < 1 or 0 in args.compile_batch:
         raise ValueError("--compile-size and --compile-batch need values >= 1")
-    if "trainer" in args.what:
+    if "trainer" in args.what or "trainer-step" in args.what:
         trainer_settings(args)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         raise ValueError(f"--json {args.json}: its folder does not exist; create it or choose another path")
@@ -268,6 +269,9 @@ def run(args):
         out["trainer"] = trainer.run_trainer(args.trainer_setup, args.trainer_rounds, args.cache_dir,
                                              args.timm_train, progress=progress)
         print("\n" + report.trainer_text(out["trainer"]))
+    if "trainer-step" in args.what:
+        out["trainer_step"] = trainer_step.run_trainer_step(args.trainer_setup, args.cache_dir, progress=progress)
+        print("\n" + report.trainer_step_text(out["trainer_step"]))
     from norms import backends
     out["kernel_self_checks"] = backends.self_checks()  # a failed one: that kernel fell back to the reference
     for failed in backends.fallbacks():

@@ -45,6 +45,28 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def build(depth, width, small_stem, num_classes, norm, lr, device):
+    """The plain loop's model (this repository's builder) and torch.optim.SGD on all its parameters."""
+    model = models.build_model(ModelConfig(depth=depth, width=width, small_stem=small_stem, num_classes=num_classes),
+                               norms.build_norm(**dataclasses.asdict(NormConfig(type=norm)))).to(device)
+    return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+
+
+def make_step(net, optimizer, device, precision):
+    """The plain loop's step on a batch: forward, cross-entropy, zero_grad, backward, SGD."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step(images, targets):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with autocast:
+            loss = F.cross_entropy(net(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -67,28 +89,19 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", drop_last=True)
 
-    norm = norms.build_norm(**dataclasses.asdict(NormConfig(type=args.norm)))
-    model = models.build_model(ModelConfig(depth=args.depth, width=args.width, small_stem=args.small_stem,
-                                           num_classes=args.num_classes), norm).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    model, optimizer = build(args.depth, args.width, args.small_stem, args.num_classes, args.norm, args.lr, device)
     net = model
     if world > 1:  # running statistics stay per process, as in the trainer (no buffer broadcast per forward)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       broadcast_buffers=False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    step_on = make_step(net, optimizer, device, args.precision)
 
     times, step, epoch = {}, 0, 0
     model.train()
     while step < args.steps:
         sampler.set_epoch(epoch)
         for images, targets, *_ in loader:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with autocast:
-                loss = F.cross_entropy(net(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step_on(images, targets)
             step += 1
             if step % args.record_every == 0:
                 if device.type == "cuda":

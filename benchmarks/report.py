@@ -173,6 +173,17 @@ def trainer_text(section):
     return "\n".join([text] + [f"  note: {n}" for n in section["notes"]])
 
 
+def trainer_step_text(section):
+    s = section["setup"]
+    return (f"Trainer step vs plain step, alternated step by step in one process: ResNet-{s['depth']} (width "
+            f"{s['width']}, {s['norm']}) at {s['size']} px, batch {s['batch']} on {s['device']}, {s['precision']}, "
+            f"{s['threads']} thread(s), {section['batches']} preloaded batches; medians over "
+            f"{section['timed_pairs']} pairs after {s['warmup']}\n"
+            + table(["trainer ms", "plain ms", "ratio of medians", "median of pair ratios"],
+                    [[f"{section['trainer_ms']:.2f}", f"{section['plain_ms']:.2f}",
+                      f"{section['ratio_of_medians']:.4f}", f"{section['median_of_ratios']:.4f}"]]))
+
+
 def _gib(nbytes):
     return f"{nbytes / 2**30:.2f}" if nbytes is not None else "n/a"
 

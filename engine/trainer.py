@@ -56,7 +56,7 @@ class Trainer:
         self.epoch_end_pending = False  # the epoch has ended but its validation/checkpoint work has not run
         self._in_flight = None          # StepFlags of the newest step, not yet read
         self._stop_agreed = False       # a settled step carried a stop request from some rank
-        self._meter = None              # the metrics of the steps settled since the last print
+        self._meter = _fresh_meter()    # the metrics of the steps settled since the last print
         self._saved = None              # (global_step, epoch_end_pending) of the newest checkpoint written
         self._recal_loader = None
         self.stop = StopWatch()         # signals and agent death, acted upon at the next step by all ranks
@@ -293,23 +293,13 @@ class Trainer:
         sampler = self.train_loader.sampler
         sampler.set_epoch(self.epoch, self.step_in_epoch)
         self.model.train()
-        self._meter = {"loss": 0.0, "correct": 0, "correct5": 0, "seen": 0, "steps": 0, "wait": 0.0,
-                       "start": time.perf_counter()}
+        self._meter = _fresh_meter()
         epoch_start = time.perf_counter()
         tick = time.perf_counter()
         every = self.cfg.checkpoint.every_iters
         for images, targets, bad in self._progress(self.train_loader):
             self._meter["wait"] += time.perf_counter() - tick
-            lr = lr_at(self.epoch + self.step_in_epoch / self.steps_per_epoch, self.setting.lr,
-                       self.cfg.schedule, self.cfg.train.epochs)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            flags = self.train_step(images, targets, bad)
-            self.step_in_epoch += 1
-            self.global_step += 1
-            previous, self._in_flight = self._in_flight, flags
-            if previous is not None:
-                self._settle(previous)
+            lr = self.advance(images, targets, bad)
             epoch_end = self.step_in_epoch == self.steps_per_epoch
             printing = self.global_step % self.cfg.log.print_every == 0
             saving = bool(every) and self.global_step % every == 0 and not epoch_end
@@ -333,6 +323,21 @@ class Trainer:
         self.log.scalars(self.global_step, {f"{layer}/{k}": v for layer, w in norms.switch_weights(self.model).items()
                                             for k, v in w.items()}, "sn")
         return True
+
+    def advance(self, images, targets, bad):
+        """One step as train_epoch takes it between print steps: the learning rate, train_step, the counters,
+        and the previous step's flags settled. Returns the step's learning rate."""
+        lr = lr_at(self.epoch + self.step_in_epoch / self.steps_per_epoch, self.setting.lr,
+                   self.cfg.schedule, self.cfg.train.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        flags = self.train_step(images, targets, bad)
+        self.step_in_epoch += 1
+        self.global_step += 1
+        previous, self._in_flight = self._in_flight, flags
+        if previous is not None:
+            self._settle(previous)
+        return lr
 
     def train_step(self, images, targets, bad):
         """Forward, backward, optimizer step; returns the step's StepFlags, reduced over ranks in the background.
@@ -462,7 +467,7 @@ class Trainer:
         self.log.info(f"epoch {self.epoch} iter {self.global_step} ({self.step_in_epoch}/{self.steps_per_epoch}) "
                       f"loss {values['loss']:.4f} top1 {values['top1']:.1f} lr {lr:.4g} "
                       f"{values['images_per_s']:.0f} img/s data-wait {100 * values['data_wait_fraction']:.0f}%")
-        meter.update(loss=0.0, correct=0, correct5=0, seen=0, steps=0, wait=0.0, start=time.perf_counter())
+        self._meter = _fresh_meter()
 
     def _progress(self, loader):
         if not (self.env.is_main and RunLogger.is_tty()):
@@ -474,6 +479,10 @@ class Trainer:
         if self.env.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.env.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fresh_meter():
+    return {"loss": 0.0, "correct": 0, "correct5": 0, "seen": 0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
 
 
 def _rank_local_buffers():

@@ -1,7 +1,6 @@
 """--what trainer: the arithmetic (rates, medians, ratios, round order), the programs' settings, and one quick run."""
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,8 +11,7 @@ import yaml
 from benchmarks import trainer as tb
 from benchmarks.cli import main, parser, settings
 from configs import load_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.quick import run_quick
 
 
 def setup(**changes):
@@ -183,12 +181,7 @@ def test_bad_trainer_settings(argv, capsys, message):
 # ----- end to end ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_quick_run_times_both_programs(tmp_path):
-    out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--device", "cpu", "--quick",
-                           "--what", "trainer", "--json", str(out), "--cache-dir", str(tmp_path / "cache")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+    proc, data = run_quick(tmp_path, "trainer")
     assert {"environment", "settings", "trainer"} <= set(data) and "layers" not in data
     section = data["trainer"]
     s = section["setup"]
