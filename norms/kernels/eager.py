@@ -38,6 +38,9 @@ def nc_moments(x):
     if layout == "per_sample":
         stats = [torch.batch_norm_update_stats(x[i:i + 1], None, None, 0.0) for i in range(x.shape[0])]
         return torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats])
+    if x.numel() == 0:  # no samples (or no pixels): NaN statistics of shape (n, c), as var_mean's, without its warning
+        nan = torch.full(x.shape[:2], float("nan"), dtype=stats_dtype(x), device=x.device)
+        return nan, nan.clone()
     var, mean = torch.var_mean(x.to(stats_dtype(x)), dim=(2, 3), correction=0)
     return mean, var
 
