@@ -17,10 +17,10 @@ import time
 import torch
 import yaml
 
+from engine.stop import SIGNALS
+
 from . import plain_loop
 from .trainer import CLASSES, png_folder, trainer_config
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 def summarize_steps(trainer_s, plain_s, warmup):
@@ -46,7 +46,7 @@ def _build_trainer(s, data_root, run_dir):
     path = os.path.join(run_dir, "config.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
-    handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
     try:
         return Trainer(load_config(path), init_distributed(), os.path.join(run_dir, "run"))
     finally:
